@@ -1,0 +1,191 @@
+"""Baselines behind the same interface (spec 3): keep-all, uniform pooling, random, VidCom².
+
+They do not segment: the clip is one segment unless ``boundaries`` are given, in
+which case each segment is compressed alone with a budget proportional to its
+length. Pruning methods (random, VidCom²) keep tokens unchanged; for provenance
+every dropped token counts toward the size of its most similar kept token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from streamvid.compress.base import (
+    Compressor,
+    CompressorConfig,
+    finish_segment,
+    nearest_kept_sizes,
+    split_budget_by_length,
+)
+from streamvid.compress.caba import allocate_budgets
+from streamvid.types import CompressedSegment, TokenGrid
+
+__all__ = ["KeepAll", "UniformPool", "RandomKeep", "VidCom2", "pool_frame"]
+
+
+class _PerSegment(Compressor):
+    """Runs ``_segment`` on each segment with a length-proportional share of the budget."""
+
+    def _compress(self, grid: TokenGrid, boundaries: list[int] | None) -> list[CompressedSegment]:
+        boundaries = boundaries or [0, grid.num_frames]
+        budgets = split_budget_by_length(self.total_budget(grid), boundaries, grid.tokens_per_frame)
+        out = []
+        for k, (a, b) in enumerate(zip(boundaries, boundaries[1:])):
+            t = b - a
+            x = grid.tokens[a:b].reshape(t, grid.tokens_per_frame, grid.dim).float()  # (V, N, D)
+            tokens, sizes, flat = self._segment(x, int(budgets[k]), grid.grid_size)
+            out.append(
+                finish_segment(
+                    grid, a, b, tokens, sizes, flat, self.name, self.out_dtype(grid),
+                    segment_index=grid.segment_index + k,
+                )
+            )
+        return out
+
+    def _segment(
+        self, x: torch.Tensor, budget: int, grid_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: fp32 [V, N, D] -> (tokens [n, D], sizes [n], flat index t * N + p [n])."""
+        raise NotImplementedError
+
+
+def _pruned(x: torch.Tensor, flat_kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    flat_kept = torch.sort(flat_kept).values
+    tokens = x.reshape(-1, x.shape[-1])  # (V*N, D)
+    return tokens[flat_kept], nearest_kept_sizes(tokens, flat_kept), flat_kept
+
+
+def _per_frame_counts(weights: torch.Tensor, total: int, per_frame: int) -> torch.Tensor:
+    """Integer per-frame counts ~ weights, exact total, each in [1, N] (0 allowed if total < V)."""
+    v = weights.shape[0]
+    return allocate_budgets(weights, total, torch.full((v,), per_frame), minimum=1 if total >= v else 0)
+
+
+class KeepAll(Compressor):
+    """Every token, size 1 (the uncompressed reference)."""
+
+    name = "keep_all"
+
+    def total_budget(self, grid: TokenGrid) -> int:
+        return grid.num_frames * grid.tokens_per_frame
+
+    def _compress(self, grid: TokenGrid, boundaries: list[int] | None) -> list[CompressedSegment]:
+        boundaries = boundaries or [0, grid.num_frames]
+        n = grid.tokens_per_frame
+        out = []
+        for k, (a, b) in enumerate(zip(boundaries, boundaries[1:])):
+            tokens = grid.tokens[a:b].reshape((b - a) * n, grid.dim)  # (V*N, D)
+            flat = torch.arange(tokens.shape[0], device=tokens.device)
+            out.append(
+                finish_segment(
+                    grid, a, b, tokens, torch.ones_like(flat), flat, self.name,
+                    self.out_dtype(grid), segment_index=grid.segment_index + k,
+                )
+            )
+        return out
+
+
+def pool_frame(h: int, w: int, cells: int) -> torch.Tensor:
+    """Split an h x w grid into ``cells`` near-equal rectangles. -> cell id int64 [h * w].
+
+    Rows are cut into bands (about square cells), each band into columns; the cell
+    counts per band come from a largest-remainder split, so the total is exact.
+    """
+    cells = max(1, min(cells, h * w))
+    bands = max(1, min(h, cells, round(math.sqrt(cells * h / w))))
+    per_band = allocate_budgets(torch.ones(bands), cells, torch.full((bands,), w), minimum=1)
+    row_band = torch.div(torch.arange(h) * bands, h, rounding_mode="floor")  # (h,)
+    offsets = torch.cumsum(per_band, 0) - per_band  # first cell id of each band
+    cols = per_band[row_band]  # (h,) cells in this row's band
+    col_cell = torch.div(torch.arange(w)[None, :] * cols[:, None], w, rounding_mode="floor")  # (h, w)
+    return (offsets[row_band][:, None] + col_cell).flatten()
+
+
+class UniformPool(_PerSegment):
+    """Spatial average pooling of every frame to its share of the budget."""
+
+    name = "uniform"
+
+    def _segment(self, x, budget, grid_size):
+        v, n, _ = x.shape
+        h, w = grid_size
+        counts = _per_frame_counts(torch.ones(v), budget, n)
+        tokens, sizes, flat = [], [], []
+        for t, cells in enumerate(counts.tolist()):
+            if cells == 0:
+                continue
+            cell = pool_frame(h, w, cells).to(x.device)  # (N,) cell id per token
+            size = torch.bincount(cell, minlength=cells)  # (cells,)
+            sums = x.new_zeros(cells, x.shape[-1]).index_add_(0, cell, x[t])
+            tokens.append(sums / size[:, None])
+            # representative: the token at the centre of the (rectangular) cell
+            pos = torch.arange(n, device=x.device)
+            mid_row = x.new_zeros(cells).index_add_(0, cell, (pos // w).float()) / size
+            mid_col = x.new_zeros(cells).index_add_(0, cell, (pos % w).float()) / size
+            rep = mid_row.floor().long() * w + mid_col.floor().long()
+            sizes.append(size)
+            flat.append(t * n + rep)
+        return torch.cat(tokens), torch.cat(sizes), torch.cat(flat)
+
+
+class RandomConfig(CompressorConfig):
+    seed: int = 0
+
+
+class RandomKeep(_PerSegment):
+    """A seeded uniform random subset of the tokens."""
+
+    name = "random"
+    config_class = RandomConfig
+
+    def _segment(self, x, budget, grid_size):
+        total = x.shape[0] * x.shape[1]
+        gen = torch.Generator().manual_seed(self.config.seed)
+        kept = torch.randperm(total, generator=gen)[:budget].to(x.device)
+        return _pruned(x, kept)
+
+
+class VidCom2Config(CompressorConfig):
+    temperature: float = Field(0.01, gt=0)
+    channel_fraction: float = Field(0.5, gt=0, le=1)
+
+
+_VIDCOM2_BANDWIDTHS = (1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
+
+
+def _multi_kernel(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """K(x, c) = sum_a exp(-||x - c||^2 / (2a)). x: [..., D], c broadcastable -> [...]."""
+    d2 = ((x - c) ** 2).sum(dim=-1)
+    return sum(torch.exp(-d2 / (2 * a)) for a in _VIDCOM2_BANDWIDTHS)
+
+
+class VidCom2(_PerSegment):
+    """VidCom² (spec 3): frame-uniqueness budgets, keep the least typical tokens."""
+
+    name = "vidcom2"
+    config_class = VidCom2Config
+
+    def _segment(self, x, budget, grid_size):
+        v, n, dim = x.shape
+        flat = x.reshape(v * n, dim)  # (V*N, D)
+        keep_ch = torch.topk(
+            flat.var(dim=0), k=max(1, round(self.config.channel_fraction * dim)), largest=False
+        ).indices
+        y = F.normalize(x[..., keep_ch], dim=-1)  # (V, N, D')
+        s_vid = _multi_kernel(y, y.mean(dim=(0, 1)))  # (V, N)
+        s_frm = _multi_kernel(y, y.mean(dim=1, keepdim=True))  # (V, N)
+        sigma = torch.softmax(-s_vid.mean(dim=1) / self.config.temperature, dim=0)  # (V,)
+        r = self.ratio
+        frame_ratio = torch.clamp(r * (1 + sigma - 1 / v), max=1.0)
+        counts = _per_frame_counts(frame_ratio.double().cpu(), budget, n)  # exact total
+        score = s_vid + s_frm
+        kept = [
+            t * n + torch.topk(score[t], k=c, largest=False).indices
+            for t, c in enumerate(counts.tolist())
+            if c > 0
+        ]
+        return _pruned(x, torch.cat(kept))

@@ -1,0 +1,44 @@
+"""Typed errors. Every message says what to do about it.
+
+All errors derive from :class:`StreamvidError`, and each also derives from the
+builtin it refines (``ValueError``, ``LookupError``), so callers can catch either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class StreamvidError(Exception):
+    """Base class of every error streamvid raises on purpose."""
+
+
+class ConfigError(StreamvidError, ValueError):
+    """A configuration value is out of range or of the wrong kind."""
+
+
+class ShapeError(StreamvidError, ValueError):
+    """A tensor has the wrong rank, shape or dtype for the stage it was given to."""
+
+
+class EmptyInputError(ShapeError):
+    """A clip, segment or token set has nothing in it."""
+
+
+class BudgetError(StreamvidError, ValueError):
+    """A token budget cannot be met (for example, smaller than one token per segment)."""
+
+
+class UnknownNameError(StreamvidError, LookupError):
+    """A registry was asked for a name it does not know."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown {kind} {name!r}; choose one of: {', '.join(self.known)}"
+        )
+
+    def __str__(self) -> str:  # LookupError would otherwise repr() the message
+        return self.args[0]
