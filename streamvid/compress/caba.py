@@ -175,8 +175,8 @@ def allocate_budgets(
             f"a total of {total} tokens exceeds the {int(cap.sum())} tokens the segments hold; "
             "lower the budget"
         )
-    if float(w.sum()) <= 0:
-        w = torch.ones_like(w)
+    # scale to max 1; a zero weight would make a segment unreachable when the others are capped
+    w = torch.ones_like(w) if float(w.max()) <= 0 else (w / w.max()).clamp_min(1e-12)
     share = _water_fill(w, float(total), lo, cap)
     budgets = torch.floor(share + 1e-9).clamp(min=lo, max=cap)
     frac = share - budgets
