@@ -48,12 +48,12 @@ def spectral_richness(x: torch.Tensor) -> float:
         return 0.0
     x = x.float()
     gram = x @ x.T if m <= d else x.T @ x  # (R, R)
-    eig = torch.linalg.eigvalsh(gram.double()).clamp_min(0.0)
+    eig = torch.linalg.eigvalsh(gram).double().clamp_min(0.0)  # fp32 eigen, fp64 entropy
     total = eig.sum()
     if total <= 0:
         return 0.0
     pi = eig / total
-    pi = pi[pi > 0]
+    pi = pi[pi > 1e-12]  # fp32 round-off on a zero eigenvalue is not spectrum
     return float(-(pi * pi.log()).sum() / math.log(rank_bound))
 
 

@@ -1,0 +1,85 @@
+"""The ``streamvid`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from streamvid.errors import StreamvidError
+
+app = typer.Typer(help="Ask questions about live camera feeds and very long videos.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print ratios measured side by side.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    video: Annotated[Path | None, typer.Argument(help="a video file; default: a synthetic clip")] = None,
+    ratio: Annotated[float, typer.Option(help="fraction of tokens to keep, in (0, 1]")] = 0.15,
+) -> None:
+    """Compress a 32-frame clip with every compressor and compare fidelity side by side."""
+    from streamvid.demo import run_demo
+
+    try:
+        grid, rows = run_demo(ratio=ratio, video=video)
+    except StreamvidError as err:
+        _fail(err)
+    t, h, w, d = grid.tokens.shape
+    table = Table(title=f"{t} frames x {h}x{w} tokens (D={d}) at {ratio:.0%} retention")
+    for col in ("method", "tokens", "segments", "ms", "fidelity", "fidelity (size bias)"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(
+            r.method, str(r.tokens), str(r.segments), f"{r.milliseconds:.1f}",
+            f"{r.fidelity:.4f}", f"{r.fidelity_size_bias:.4f}",
+        )
+    console.print(table)
+    console.print(
+        "fidelity: mean cosine of attention outputs over the kept tokens vs all tokens "
+        "(sharpness 4); 1.0 is lossless."
+    )
+
+
+@bench_app.command("compression")
+def bench_compression(
+    frames: Annotated[int, typer.Option(help="frames per clip")] = 32,
+    encoder_frames: Annotated[int, typer.Option(help="frames run through the encoder (<= frames)")] = 32,
+    repeats: Annotated[int, typer.Option(help="timed runs per method (median)")] = 3,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
+) -> None:
+    """Compression time per clip vs a SigLIP-so400m-shaped vision tower, same run, same device."""
+    from streamvid.eval.compression_speed import print_report, run_compression_benchmark
+
+    try:
+        report = run_compression_benchmark(
+            frames=frames, encoder_frames=encoder_frames, repeats=repeats, device=device,
+            progress=console,
+        )
+    except StreamvidError as err:
+        _fail(err)
+    print_report(report, console)
+    if out is not None:
+        import json
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        console.print(f"wrote {out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
