@@ -42,3 +42,46 @@ class UnknownNameError(StreamvidError, LookupError):
 
     def __str__(self) -> str:  # LookupError would otherwise repr() the message
         return self.args[0]
+
+
+class SourceError(StreamvidError, OSError):
+    """A video source cannot be opened or read."""
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """The file or device does not exist."""
+
+
+class NoVideoStreamError(SourceError):
+    """The container opened but holds no video stream."""
+
+
+class UnsupportedCodecError(SourceError):
+    """The video stream's codec has no decoder in this FFmpeg build."""
+
+
+class CorruptVideoError(SourceError):
+    """Decoding failed part-way; ``time`` and ``frame`` say where (last good frame)."""
+
+    def __init__(self, message: str, time: float | None = None, frame: int | None = None) -> None:
+        super().__init__(message)
+        self.time = time
+        self.frame = frame
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class TruncatedVideoError(CorruptVideoError):
+    """The file ends before the duration its container declares."""
+
+
+class StreamDisconnectedError(SourceError):
+    """A live source died and did not come back within the allowed reconnect attempts."""
+
+    def __init__(self, message: str, attempts: int = 0) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return self.args[0]
