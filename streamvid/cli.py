@@ -77,6 +77,28 @@ def bench_compression(
         console.print(f"wrote {out}")
 
 
+@bench_app.command("ingest")
+def bench_ingest(
+    video: Annotated[Path | None, typer.Argument(help="a video; default: vtest.avi (fetched once)")] = None,
+    fps: Annotated[float, typer.Option(help="sampling rate")] = 2.0,
+    repeats: Annotated[int, typer.Option(help="runs (best is reported)")] = 3,
+) -> None:
+    """Decode + sample + segment throughput as a multiple of real time."""
+    from streamvid.eval.ingest_speed import run_ingest_benchmark
+    from streamvid.eval.media import fetch_vtest
+
+    try:
+        report = run_ingest_benchmark(video or fetch_vtest(), fps=fps, repeats=repeats)
+    except StreamvidError as err:
+        _fail(err)
+    console.print(
+        f"{report['video']}: {report['media_seconds']:.1f} s of video, {report['frames_decoded']} frames "
+        f"decoded, {report['frames_sampled']} sampled at {fps:g} fps, {report['segments']} segments in "
+        f"{report['wall_seconds']:.2f} s = [bold]{report['realtime_factor']:.1f}x real time[/] "
+        f"(runs: {', '.join(f'{r:.1f}x' for r in report['all_realtime_factors'])})"
+    )
+
+
 def main() -> None:
     app()
 

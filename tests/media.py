@@ -89,3 +89,27 @@ def server_script(tmp: Path) -> Path:
     path = tmp / "mpegts_server.py"
     path.write_text(SERVER.format(tests=os.path.dirname(os.path.abspath(__file__))))
     return path
+
+
+RTSP_PUBLISHER = r'''
+import sys, time
+import av
+sys.path.insert(0, {tests!r})
+from media import scene_frame
+fps = 20
+with av.open(sys.argv[1], "w", format="rtsp", options={{"rtsp_transport": "udp"}}) as out:
+    stream = out.add_stream("mpeg4", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+    start = time.monotonic()
+    for i in range(fps * 120):
+        frame = av.VideoFrame.from_ndarray(scene_frame((i // 30) % 5, i / fps), format="rgb24")
+        frame.pts = i
+        out.mux(stream.encode(frame))
+        time.sleep(max(0.0, start + i / fps - time.monotonic()))  # real-time pacing of a live feed
+'''
+
+
+def rtsp_publisher_script(tmp: Path) -> Path:
+    path = tmp / "rtsp_publisher.py"
+    path.write_text(RTSP_PUBLISHER.format(tests=os.path.dirname(os.path.abspath(__file__))))
+    return path

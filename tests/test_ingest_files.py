@@ -201,3 +201,13 @@ def test_streaming_segmenter_equals_batch_rule(seed, min_len, max_len):
 def test_progress_bar_runs(media, capsys):
     _, stats = collect(media["cuts"], sampler=Sampler(fps=2), progress=True)
     assert stats.frames_sampled == 16
+
+
+def test_bench_ingest_command_reports_realtime_factor(media):
+    from typer.testing import CliRunner
+
+    from streamvid.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "ingest", str(media["cuts"]), "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    assert "x real time" in result.output and "16 sampled" in result.output
