@@ -1,0 +1,60 @@
+"""Token memory configuration: one pydantic model, defaults in one place."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["MemoryConfig", "PROVENANCE_BYTES"]
+
+# per kept token besides its vector: size int64 + position 3 x int64 + time float64
+PROVENANCE_BYTES = 8 + 24 + 8
+
+
+class MemoryConfig(BaseModel):
+    """cap_tokens / cap_bytes: the global cap (either or both; bytes count the token
+    vectors in ``dtype`` plus 40 bytes of provenance per token). index_factory: any
+    FAISS factory string whose outer layer maps ids (``IDMap2,...``).
+    tau/alpha/beta: CABA constants. recency_half_life_s: optional recency weighting
+    (seconds of media time). hysteresis: a segment is re-merged early only when it
+    holds more than (1 + hysteresis) x its budget, so each segment is rewritten
+    O(log) times over a stream; the cap itself is always enforced exactly.
+    index_save_every: persist the FAISS index every N adds (it is repaired from the
+    manifest at open anyway)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cap_tokens: int | None = Field(None, ge=1)
+    cap_bytes: int | None = Field(None, ge=1)
+    dtype: Literal["float16", "bfloat16"] = "float16"
+    index_factory: str = "IDMap2,Flat"
+    metric: Literal["ip", "l2"] = "ip"
+    tau: float = Field(1.2, gt=0)
+    alpha: float = 0.9
+    beta: float = 0.1
+    recency_half_life_s: float | None = Field(None, gt=0)
+    hysteresis: float = Field(0.25, ge=0)
+    index_save_every: int = Field(64, ge=1)
+    use_gpu_index: bool = True
+
+    @model_validator(mode="after")
+    def _needs_a_cap(self) -> MemoryConfig:
+        if self.cap_tokens is None and self.cap_bytes is None:
+            raise ValueError("set cap_tokens and/or cap_bytes: the memory needs a global cap")
+        if not self.index_factory.startswith("IDMap"):
+            raise ValueError(
+                f"index_factory must start with 'IDMap2,' or 'IDMap,' (ids are segment ids), got "
+                f"{self.index_factory!r}"
+            )
+        return self
+
+    def token_cap(self, dim: int) -> int:
+        """The cap in tokens for vectors of width ``dim``."""
+        caps = []
+        if self.cap_tokens is not None:
+            caps.append(self.cap_tokens)
+        if self.cap_bytes is not None:
+            itemsize = 2  # float16 and bfloat16
+            caps.append(self.cap_bytes // (dim * itemsize + PROVENANCE_BYTES))
+        return min(caps)

@@ -1,0 +1,102 @@
+"""The key index: one strict boundary to FAISS.
+
+Contiguous float32 (n, d) keys, int64 segment ids, -1 means no hit; the index is
+described by a factory string and lives on the GPU when FAISS sees one. It is a
+cache of the keys in the manifest: saved atomically now and then, and repaired
+(missing ids added, extra ids removed) or rebuilt from the manifest at open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["KeyIndex"]
+
+log = logging.getLogger(__name__)
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+class KeyIndex:
+    def __init__(self, dim: int, factory: str = "IDMap2,Flat", metric: str = "ip", use_gpu: bool = True) -> None:
+        faiss = _faiss()
+        self.dim = dim
+        self.factory = factory
+        self.metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+        self.index = faiss.index_factory(dim, factory, self.metric)
+        self._gpu = None
+        if use_gpu and faiss.get_num_gpus() > 0:  # pragma: no cover - needs a GPU
+            try:
+                self._gpu = faiss.index_cpu_to_all_gpus(self.index)
+            except (AttributeError, RuntimeError) as err:
+                log.warning("GPU FAISS index unavailable (%s); using the CPU index", err)
+
+    @property
+    def _active(self):
+        return self._gpu if self._gpu is not None else self.index
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._active.ntotal)
+
+    def ids(self) -> np.ndarray:
+        faiss = _faiss()
+        index = self.index if self._gpu is None else faiss.index_gpu_to_cpu(self._gpu)
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+    def add(self, keys: np.ndarray, ids: np.ndarray) -> None:
+        keys = np.ascontiguousarray(keys, dtype=np.float32).reshape(-1, self.dim)  # (n, d)
+        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        if not self._active.is_trained:
+            self._active.train(keys)
+        self._active.add_with_ids(keys, ids)
+
+    def remove(self, ids: np.ndarray) -> None:
+        faiss = _faiss()
+        self._active.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """queries: float32 (q, d) -> scores (q, k), ids (q, k) with -1 for no hit."""
+        faiss = _faiss()
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        k = max(1, min(k, max(1, self.ntotal)))
+        if allowed is None:
+            return self._active.search(queries, k)
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64)))
+        return self._active.search(queries, k, params=params)
+
+    def save(self, path: Path) -> None:
+        faiss = _faiss()
+        index = self.index if self._gpu is None else faiss.index_gpu_to_cpu(self._gpu)
+        tmp = path.with_suffix(".tmp")
+        faiss.write_index(index, str(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, dim: int, factory: str, metric: str, use_gpu: bool) -> KeyIndex | None:
+        """The saved index, or None when it is missing, unreadable or of another shape."""
+        faiss = _faiss()
+        if not path.exists():
+            return None
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            log.warning("index %s unreadable (%s); rebuilding from the manifest", path, err)
+            return None
+        if index.d != dim or not hasattr(index, "id_map"):
+            return None
+        out = cls(dim, factory, metric, use_gpu=False)
+        out.index = index
+        if use_gpu and faiss.get_num_gpus() > 0:  # pragma: no cover - needs a GPU
+            out._gpu = faiss.index_cpu_to_all_gpus(index)
+        return out

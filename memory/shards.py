@@ -1,0 +1,97 @@
+"""Tensor shards: one safetensors file per segment version, written atomically.
+
+A shard is written to a temporary name, flushed and fsynced, then renamed into
+place; the manifest points at it only after that, so a crash never leaves the
+manifest pointing at a half-written file. Files the manifest does not name are
+orphans from an interrupted write and are removed when the memory opens.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
+
+from memory.errors import CorruptShardError
+from streamvid.types import CompressedSegment
+
+__all__ = ["ShardStore"]
+
+_TENSORS = ("tokens", "sizes", "positions", "times")
+
+
+class ShardStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root / "shards"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def name(self, segment_id: int, version: int) -> str:
+        return f"{segment_id // 1000:05d}/{segment_id:09d}.v{version}.safetensors"
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def write(self, segment_id: int, version: int, seg: CompressedSegment, dtype: torch.dtype) -> tuple[str, int]:
+        """Write the tokens and provenance of ``seg``; returns (shard name, bytes)."""
+        name = self.name(segment_id, version)
+        path = self.path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = save(
+            {
+                "tokens": seg.tokens.detach().to("cpu", dtype).contiguous(),
+                "sizes": seg.sizes.to("cpu", torch.int64).contiguous(),
+                "positions": seg.positions.to("cpu", torch.int64).contiguous(),
+                "times": seg.times.to("cpu", torch.float64).contiguous(),
+            }
+        )
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return name, len(data)
+
+    def read(self, segment_id: int, name: str) -> dict[str, torch.Tensor]:
+        path = self.path(name)
+        try:
+            tensors = load(path.read_bytes())
+        except FileNotFoundError:
+            raise CorruptShardError(
+                f"segment {segment_id}: shard {name} is missing; the segment's tokens are lost "
+                "(its key and time range remain). Restore the file from a backup or drop the segment",
+                [segment_id],
+            ) from None
+        except (SafetensorError, ValueError, OSError) as err:
+            raise CorruptShardError(
+                f"segment {segment_id}: shard {name} is unreadable ({err}); restore it from a backup "
+                "or drop the segment. Other segments are unaffected",
+                [segment_id],
+            ) from None
+        if any(k not in tensors for k in _TENSORS):
+            raise CorruptShardError(f"segment {segment_id}: shard {name} lacks tensors", [segment_id])
+        return tensors
+
+    def delete(self, name: str) -> None:
+        try:
+            self.path(name).unlink()
+        except FileNotFoundError:
+            pass
+
+    def sweep(self, referenced: set[str]) -> int:
+        """Remove temporary files and shards the manifest does not name. Returns the count."""
+        removed = 0
+        for path in self.root.rglob("*"):
+            if not path.is_file():
+                continue
+            name = path.relative_to(self.root).as_posix()
+            if path.suffix == ".tmp" or name not in referenced:
+                path.unlink()
+                removed += 1
+        return removed
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*.safetensors"))
