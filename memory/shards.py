@@ -94,4 +94,15 @@ class ShardStore:
         return removed
 
     def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.rglob("*.safetensors"))
+        """Bytes of shard files; files renamed or removed while counting are skipped."""
+        return _sizes(self.root.rglob("*.safetensors"))
+
+
+def _sizes(paths) -> int:
+    total = 0
+    for p in paths:
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:  # a concurrent write or delete; not part of any snapshot
+            pass
+    return total

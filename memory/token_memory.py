@@ -32,7 +32,7 @@ from memory.errors import CorruptShardError, MemoryStoreError, SegmentEvictedErr
 from memory.index import KeyIndex
 from memory.rebalance import plan_rebalance, recency_factors
 from memory.rwlock import RWLock
-from memory.shards import ShardStore
+from memory.shards import ShardStore, _sizes
 from streamvid.compress.remerge import remerge
 from streamvid.errors import ConfigError, ShapeError
 from streamvid.types import CompressedSegment
@@ -589,9 +589,7 @@ class TokenMemory:
         if event is not None:
             d = json.loads(event[0])
             last = RebalanceReport(**{k: d[k] for k in RebalanceReport.__dataclass_fields__})
-        disk = self.shards.disk_bytes() + sum(
-            p.stat().st_size for p in self.root.iterdir() if p.is_file()
-        )
+        disk = self.shards.disk_bytes() + _sizes(p for p in self.root.iterdir() if p.is_file())
         return MemoryStats(
             tokens_held=int(live[1]), token_cap=self.token_cap, bytes_held=int(live[2]), disk_bytes=disk,
             segments_live=int(live[0]), segments_evicted=int(evicted), streams=streams, last_rebalance=last,
