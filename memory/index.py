@@ -59,19 +59,28 @@ class KeyIndex:
             self._active.train(keys)
         self._active.add_with_ids(keys, ids)
 
-    def remove(self, ids: np.ndarray) -> None:
+    def remove(self, ids: np.ndarray) -> bool:
+        """Remove ids; False when this index type cannot remove (e.g. HNSW): rebuild it then."""
         faiss = _faiss()
-        self._active.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+        try:
+            self._active.remove_ids(faiss.IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64)))
+        except RuntimeError:
+            return False
+        return True
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """queries: float32 (q, d) -> scores (q, k), ids (q, k) with -1 for no hit."""
+        """queries: float32 (q, d) -> scores (q, k), ids (q, k) with -1 for no hit.
+
+        allowed: optional bool mask over segment ids (index = id); only those can hit.
+        """
         faiss = _faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         k = max(1, min(k, max(1, self.ntotal)))
         if allowed is None:
             return self._active.search(queries, k)
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64)))
-        return self._active.search(queries, k, params=params)
+        bits = np.packbits(allowed, bitorder="little")  # kept alive for the call below
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+        return self._active.search(queries, k, params=faiss.SearchParameters(sel=selector))
 
     def save(self, path: Path) -> None:
         faiss = _faiss()

@@ -4,7 +4,7 @@ Layout of a memory directory::
 
     manifest.sqlite      segment metadata, keys, CABA statistics (SQLite, WAL)
     shards/NNNNN/*.safetensors   tokens + provenance, one file per segment version
-    index.faiss          the key index (a cache of the keys in the manifest)
+    index.<factory>.faiss  the key index (a cache of the keys in the manifest)
 
 Write order (one writer): new shard files -> one manifest transaction -> index
 update -> old shard files deleted. A crash (kill -9) at any point leaves the
@@ -157,6 +157,44 @@ class _LiveSet:
             setattr(self, name, [v for v, m in zip(getattr(self, name), mask) if m])
 
 
+class _Catalog:
+    """Time range and stream of every segment (live or evicted), by id, for search filters."""
+
+    def __init__(self) -> None:
+        self.start = np.zeros(0)
+        self.end = np.zeros(0)
+        self.stream = np.zeros(0, dtype=np.int32)
+        self.present = np.zeros(0, dtype=bool)
+        self.codes: dict[str, int] = {}
+
+    def add(self, ids: Sequence[int], starts: Sequence[float], ends: Sequence[float], streams: Sequence[str]) -> None:
+        if not ids:
+            return
+        need = max(ids) + 1
+        if need > len(self.present):
+            size = max(need, 2 * len(self.present), 1024)
+            for name, fill in (("start", 0.0), ("end", 0.0), ("stream", -1), ("present", False)):
+                old = getattr(self, name)
+                grown = np.full(size, fill, dtype=old.dtype)
+                grown[: len(old)] = old
+                setattr(self, name, grown)
+        idx = np.asarray(ids)
+        self.start[idx] = starts
+        self.end[idx] = ends
+        self.stream[idx] = [self.codes.setdefault(s, len(self.codes)) for s in streams]
+        self.present[idx] = True
+
+    def mask(self, time_range: tuple[float, float] | None, streams: Sequence[str] | None) -> np.ndarray:
+        """bool [max id + 1]: segments overlapping ``time_range`` in ``streams``."""
+        m = self.present.copy()
+        if time_range is not None:
+            m &= (self.end >= time_range[0]) & (self.start <= time_range[1])
+        if streams is not None:
+            codes = [self.codes[s] for s in streams if s in self.codes]
+            m &= np.isin(self.stream, codes)
+        return m
+
+
 class TokenMemory:
     """Open or create a token memory at ``path``.
 
@@ -193,6 +231,7 @@ class TokenMemory:
         self.key_dim: int | None = self._meta_int("key_dim")
         self._index: KeyIndex | None = None
         self._live: _LiveSet | None = None
+        self._catalog = _Catalog()
         self._adds_since_save = 0
         self._closed = False
         self._recover()
@@ -225,7 +264,9 @@ class TokenMemory:
         return None if self.dim is None else self.config.token_cap(self.dim)
 
     def _index_path(self) -> Path:
-        return self.root / "index.faiss"
+        """One file per factory string, so a memory reopened with another factory rebuilds."""
+        slug = "".join(c if c.isalnum() else "_" for c in self.config.index_factory)
+        return self.root / f"index.{slug}.faiss"
 
     # -- open / recover ------------------------------------------------------------
 
@@ -237,6 +278,9 @@ class TokenMemory:
             log.info("%s: removed %d unreferenced shard file(s) left by an interrupted write", self.root, swept)
         row = conn.execute("SELECT COALESCE(MAX(id), -1) FROM segments").fetchone()
         self._next_id = int(row[0]) + 1
+        rows = conn.execute('SELECT id, start, "end", stream FROM segments').fetchall()
+        if rows:
+            self._catalog.add(*zip(*rows))
         if self.dim is None:
             return
         self._live = _LiveSet(self.dim)
@@ -268,8 +312,9 @@ class TokenMemory:
         else:
             have = index.ids()
             extra = np.setdiff1d(have, manifest_ids)
-            if len(extra):
-                index.remove(extra)
+            if len(extra) and not index.remove(extra):  # this index type cannot remove: rebuild
+                index = KeyIndex(self.key_dim, cfg.index_factory, cfg.metric, cfg.use_gpu_index)
+                have = np.zeros(0, dtype=np.int64)
             missing = np.setdiff1d(manifest_ids, have)
             if len(missing) or len(extra):
                 log.info("%s: index repaired (+%d, -%d keys)", self.root, len(missing), len(extra))
@@ -442,6 +487,8 @@ class TokenMemory:
             # in-memory state follows the committed manifest
             if pending is not None:
                 self._index.add(pending[2][None], np.array([pending[0]], dtype=np.int64))
+                self._catalog.add([pending[0]], [pending[1].start_time], [pending[1].end_time],
+                                  [pending[1].stream_id])
                 self._global_sum, self._global_len = global_sum, global_len
             keep_mask = [not e for e in evict]
             n_old = len(live)
@@ -528,14 +575,14 @@ class TokenMemory:
             return [[] for _ in range(q.shape[0])]
         if q.shape[1] != self.key_dim:
             raise ShapeError(f"queries must have {self.key_dim} dims (the memory's keys), got {q.shape[1]}")
+        if time_range is not None:
+            self._filter(time_range, None)  # validates the range
         with self._lock.read():
             conn = self._db().conn
             allowed = None
             if time_range is not None or streams is not None:
-                where, args = self._filter(time_range, streams)
-                allowed = np.array([r[0] for r in conn.execute(f"SELECT id FROM segments WHERE {where}", args)],
-                                   dtype=np.int64)
-                if len(allowed) == 0:
+                allowed = self._catalog.mask(time_range, streams)
+                if not allowed.any():
                     return [[] for _ in range(q.shape[0])]
             scores, found = self._index.search(q, k, allowed)
             hit_ids = sorted({int(i) for i in found.flatten() if i >= 0})

@@ -186,14 +186,15 @@ def test_corrupt_shard_and_missing_index(tmp_path):
     shard = conn.execute("SELECT shard FROM segments WHERE id = 2").fetchone()[0]
     conn.close()
     (tmp_path / "shards" / shard).write_bytes(b"\x00garbage" * 10)
-    (tmp_path / "index.faiss").unlink()
+    index_file = tmp_path / "index.IDMap2_Flat.faiss"
+    index_file.unlink()
     with TokenMemory(tmp_path) as mem:
         assert mem.search(queries, k=2) == expected  # index rebuilt from the manifest
         with pytest.raises(CorruptShardError) as err:
             mem.get([2])
         assert err.value.segment_ids == [2] and "unreadable" in str(err.value)
         assert [s.budget for s in mem.get([0, 1, 3, 4])] == [20] * 4
-    (tmp_path / "index.faiss").write_bytes(b"not an index")
+    index_file.write_bytes(b"not an index")
     with TokenMemory(tmp_path) as mem:
         assert mem.search(queries, k=2) == expected
 
@@ -263,3 +264,24 @@ def test_one_writer_many_readers(tmp_path):
     assert reads[0] > 0
     check_consistent(mem)
     mem.close()
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IDMap2,HNSW32,Flat"])
+def test_index_from_a_later_state_is_repaired(tmp_path, factory):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    with TokenMemory(a, cap_tokens=1000, index_factory=factory) as mem:
+        for i in range(5):
+            mem.add(make_segment(10, seed=i, start=5.0 * i), key(i))
+    shutil.copytree(a, b)
+    with TokenMemory(a) as mem:
+        for i in range(5, 8):
+            mem.add(make_segment(10, seed=i, start=5.0 * i), key(i))
+        index_file = mem._index_path()
+    # b's manifest has 5 segments, its index file 8 keys (as after a rolled-back write)
+    shutil.copy(index_file, b / index_file.name)
+    with TokenMemory(b) as mem:
+        check_consistent(mem)
+        (hits,) = mem.search(key(2), k=3, time_range=(0.0, 100.0))
+        assert hits[0].segment.id == 2 and all(h.segment.id < 5 for h in hits)

@@ -1,0 +1,193 @@
+"""Token memory benchmark: search latency, rebalance time, bytes per hour, RSS over time.
+
+    python -m memory.bench --out bench-out/memory.json [--quick]
+
+Segments are synthetic (random tokens with exact provenance); the memory does not
+look inside them beyond CABA statistics, so this measures the memory itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from memory.token_memory import TokenMemory
+from streamvid.types import CompressedSegment
+
+KEY_DIM = 768
+FACTORIES = ("IDMap2,Flat", "IDMap2,HNSW32,Flat")
+
+
+def synthetic_segment(i: int, n: int, frames: int, dim: int, grid: tuple[int, int] = (14, 14),
+                      stream: str = "cam") -> CompressedSegment:
+    gen = torch.Generator().manual_seed(i)
+    h, w = grid
+    original = frames * h * w
+    n = min(n, original)
+    scene = torch.randn(dim, generator=gen)
+    tokens = scene + torch.randn(n, dim, generator=gen)
+    sizes = torch.full((n,), original // n, dtype=torch.long)
+    sizes[: original - int(sizes.sum())] += 1
+    t = torch.arange(n) * frames // n
+    positions = torch.stack([t, (torch.arange(n) * 7) % h, (torch.arange(n) * 3) % w], 1)
+    start = float(i * frames)
+    return CompressedSegment(
+        tokens=tokens.half(), sizes=sizes, positions=positions, times=start + t.double(), grid_size=grid,
+        frame_count=frames, start_time=start, end_time=start + frames - 1, mean_token=tokens.mean(0),
+        richness=float(torch.rand(1, generator=gen)), stream_id=stream, segment_index=i, method="synthetic",
+    )
+
+
+def unit_keys(count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(64, KEY_DIM))
+    keys = centers[rng.integers(0, 64, count)] + 0.5 * rng.normal(size=(count, KEY_DIM))
+    return (keys / np.linalg.norm(keys, axis=1, keepdims=True)).astype(np.float32)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench_search(root: Path, count: int, queries: int = 1000) -> dict[str, Any]:
+    path = root / f"search-{count}"
+    keys = unit_keys(count, seed=count)
+    if not (path / "manifest.sqlite").exists() or TokenMemory(path).stats().segments_live != count:
+        shutil.rmtree(path, ignore_errors=True)
+        t0 = time.perf_counter()
+        with TokenMemory(path, cap_tokens=10**9) as mem:
+            for i in range(count):
+                mem.add(synthetic_segment(i, 1, 1, 8, grid=(1, 1)), keys[i])
+        build = time.perf_counter() - t0
+    else:
+        build = None
+    q = unit_keys(queries, seed=1)
+    out: dict[str, Any] = {"segments": count, "build_seconds": build, "key_dim": KEY_DIM}
+    for factory in FACTORIES:
+        t0 = time.perf_counter()
+        with TokenMemory(path, index_factory=factory) as mem:
+            opened = time.perf_counter() - t0
+            row: dict[str, Any] = {"open_seconds": opened}
+            for label, kwargs in (("plain", {}), ("time_filter", {"time_range": (0.0, count / 10)})):
+                mem.search(q[0], k=5, **kwargs)
+                lat = []
+                for vec in q:
+                    t0 = time.perf_counter()
+                    mem.search(vec, k=5, **kwargs)
+                    lat.append((time.perf_counter() - t0) * 1e3)
+                row[label] = {"p50_ms": statistics.median(lat), "p99_ms": float(np.percentile(lat, 99))}
+            out[factory] = row
+    return out
+
+
+def bench_rebalance(root: Path, count: int, tokens: int, dim: int) -> dict[str, Any]:
+    path = root / f"rebalance-{count}"
+    shutil.rmtree(path, ignore_errors=True)
+    keys = unit_keys(count + 2, seed=3)
+    cap = count * tokens
+    with TokenMemory(path, cap_tokens=cap, index_save_every=1000) as mem:
+        t0 = time.perf_counter()
+        for i in range(count):
+            mem.add(synthetic_segment(i, tokens, 16, dim), keys[i])
+        build = time.perf_counter() - t0
+        add_times = []
+        for j in range(2):  # at the cap: each add plans over every segment and re-merges a few
+            t0 = time.perf_counter()
+            mem.add(synthetic_segment(count + j, tokens, 16, dim), keys[count + j])
+            add_times.append(time.perf_counter() - t0)
+        at_cap = mem.stats().last_rebalance
+    # the worst case: the cap halved at reopen, so every segment is re-merged
+    t0 = time.perf_counter()
+    with TokenMemory(path, cap_tokens=cap // 2) as mem:
+        full = mem.stats().last_rebalance
+    reopen = time.perf_counter() - t0
+    shutil.rmtree(path, ignore_errors=True)
+    return {
+        "segments": count, "tokens_per_segment": tokens, "dim": dim, "build_seconds": build,
+        "add_at_cap_seconds": add_times, "rebalance_at_cap": at_cap.__dict__ if at_cap else None,
+        "full_rebalance": full.__dict__ if full else None, "reopen_with_half_cap_seconds": reopen,
+    }
+
+
+def bench_hours(root: Path, hours: float, dim: int = 896, cap_fraction: float = 0.01,
+                ratio: float = 0.15, seg_frames: int = 16) -> dict[str, Any]:
+    """1 fps, 196 tokens per frame; segments of 16 frames compressed at 15% arrive; cap = 1% of raw."""
+    path = root / "hours"
+    shutil.rmtree(path, ignore_errors=True)
+    frames_per_hour = 3600
+    cap = int(cap_fraction * frames_per_hour * 196)
+    segments = int(hours * frames_per_hour / seg_frames)
+    per_hour = int(frames_per_hour / seg_frames)
+    keys = unit_keys(segments, seed=5)
+    rss, held = [], []
+    t0 = time.perf_counter()
+    with TokenMemory(path, cap_tokens=cap) as mem:
+        for i in range(segments):
+            mem.add(synthetic_segment(i, round(ratio * seg_frames * 196), seg_frames, dim), keys[i])
+            stats_tokens = sum(mem._live.tokens)
+            held.append(stats_tokens)
+            if stats_tokens > cap:
+                raise AssertionError(f"cap exceeded after add {i}: {stats_tokens} > {cap}")
+            if i % 25 == 0 or i == segments - 1:
+                rss.append({"segments": i + 1, "hours": (i + 1) * seg_frames / 3600, "rss_mb": rss_mb()})
+            if i + 1 == per_hour:
+                first_hour = mem.stats()
+        final = mem.stats()
+    wall = time.perf_counter() - t0
+    shutil.rmtree(path, ignore_errors=True)
+    return {
+        "hours": hours, "cap_tokens": cap, "segments": segments, "max_tokens_held": max(held),
+        "disk_bytes_after_1h": first_hour.disk_bytes, "payload_bytes_after_1h": first_hour.bytes_held,
+        "disk_bytes_final": final.disk_bytes, "segments_live": final.segments_live,
+        "segments_evicted": final.segments_evicted, "rss": rss, "seconds": wall,
+        "mean_add_ms": wall / segments * 1e3,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench-out/memory.json"))
+    parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--quick", action="store_true", help="10^3/10^4 segments and 1 hour instead")
+    args = parser.parse_args()
+    root = args.work or Path(tempfile.mkdtemp(prefix="streamvid-membench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = (1_000, 10_000) if args.quick else (10_000, 100_000)
+    report: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus", "torch": torch.__version__}
+    report["search"] = [bench_search(root, n) for n in sizes]
+    for row in report["search"]:
+        for factory in FACTORIES:
+            r = row[factory]
+            print(f"search @ {row['segments']:>6} segments, {factory:<18}: p50 {r['plain']['p50_ms']:.3f} ms, "
+                  f"p99 {r['plain']['p99_ms']:.3f} ms; time-filtered p50 {r['time_filter']['p50_ms']:.3f} ms, "
+                  f"p99 {r['time_filter']['p99_ms']:.3f} ms")
+    report["rebalance"] = bench_rebalance(root, 1_000 if args.quick else 10_000, 20, 896)
+    r = report["rebalance"]
+    print(f"rebalance @ {r['segments']} segments: add at the cap {', '.join(f'{s:.3f}' for s in r['add_at_cap_seconds'])} s "
+          f"({r['rebalance_at_cap']['touched'] if r['rebalance_at_cap'] else 0} re-merged); full re-merge of every segment "
+          f"{r['full_rebalance']['seconds']:.1f} s")
+    report["hours"] = bench_hours(root, 1.0 if args.quick else 4.0)
+    h = report["hours"]
+    rss = [p["rss_mb"] for p in h["rss"]]
+    print(f"{h['hours']} h at 1 fps (cap {h['cap_tokens']} tokens = 1% of raw): max held {h['max_tokens_held']}, "
+          f"disk after 1 h {h['disk_bytes_after_1h'] / 2**20:.1f} MiB (payload {h['payload_bytes_after_1h'] / 2**20:.1f} MiB), "
+          f"RSS {rss[0]:.0f} -> {rss[len(rss) // 2]:.0f} -> {rss[-1]:.0f} MB, {h['mean_add_ms']:.1f} ms per add")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
