@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from memory.config import MemoryConfig
+from memory.config import PROVENANCE_BYTES, MemoryConfig
 from memory.errors import CorruptShardError, MemoryStoreError, SegmentEvictedError, UnknownSegmentError
 from memory.index import KeyIndex
 from memory.rebalance import plan_rebalance, recency_factors
@@ -114,6 +114,11 @@ class RebalanceReport:
 
 @dataclass(frozen=True)
 class MemoryStats:
+    """tokens_held <= token_cap always. bytes_held: the token payload (vectors in the
+    stored dtype + 40 bytes of provenance per token), the quantity ``cap_bytes``
+    bounds. disk_bytes: every file of the memory, including the manifest, whose
+    per-segment keys and statistics are kept for evicted segments too."""
+
     tokens_held: int
     token_cap: int | None
     bytes_held: int
@@ -626,8 +631,7 @@ class TokenMemory:
         with self._lock.read():
             conn = self._db().conn
             live = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(n_tokens), 0), COALESCE(SUM(nbytes), 0) FROM segments "
-                "WHERE status = 'live'"
+                "SELECT COUNT(*), COALESCE(SUM(n_tokens), 0) FROM segments WHERE status = 'live'"
             ).fetchone()
             evicted = conn.execute("SELECT COUNT(*) FROM segments WHERE status = 'evicted'").fetchone()[0]
             streams = [r[0] for r in conn.execute("SELECT DISTINCT stream FROM segments ORDER BY stream")]
@@ -637,8 +641,9 @@ class TokenMemory:
             d = json.loads(event[0])
             last = RebalanceReport(**{k: d[k] for k in RebalanceReport.__dataclass_fields__})
         disk = self.shards.disk_bytes() + _sizes(p for p in self.root.iterdir() if p.is_file())
+        per_token = 0 if self.dim is None else self.dim * 2 + PROVENANCE_BYTES
         return MemoryStats(
-            tokens_held=int(live[1]), token_cap=self.token_cap, bytes_held=int(live[2]), disk_bytes=disk,
+            tokens_held=int(live[1]), token_cap=self.token_cap, bytes_held=int(live[1]) * per_token, disk_bytes=disk,
             segments_live=int(live[0]), segments_evicted=int(evicted), streams=streams, last_rebalance=last,
         )
 

@@ -285,3 +285,17 @@ def test_index_from_a_later_state_is_repaired(tmp_path, factory):
         check_consistent(mem)
         (hits,) = mem.search(key(2), k=3, time_range=(0.0, 100.0))
         assert hits[0].segment.id == 2 and all(h.segment.id < 5 for h in hits)
+
+
+def test_byte_cap_bounds_the_token_payload(tmp_path):
+    per_token = 16 * 2 + 40  # D = 16 in float16 + provenance
+    with TokenMemory(tmp_path, cap_bytes=100 * per_token + 50) as mem:
+        for i in range(12):
+            mem.add(make_segment(30, seed=i, start=4.0 * i), key(i))
+            stats = mem.stats()
+            assert stats.token_cap == 100 and stats.tokens_held <= 100
+            assert stats.bytes_held == stats.tokens_held * per_token <= 100 * per_token + 50
+        assert stats.disk_bytes > stats.bytes_held
+    with TokenMemory(tmp_path / "both", cap_tokens=60, cap_bytes=100 * per_token) as mem:
+        mem.add(make_segment(30), key(0))
+        assert mem.token_cap == 60  # the tighter cap wins

@@ -1,0 +1,61 @@
+"""Video-LLM adapters, registered lazily by the checkpoint's ``model_type``.
+
+Importing this package does not import transformers; :func:`load_adapter` reads the
+checkpoint's config, picks the adapter class by ``model_type`` (never by a
+substring of the model name) and imports it then.
+
+>>> from streamvid.models import load_adapter
+>>> llm = load_adapter("llava-hf/llava-onevision-qwen2-0.5b-ov-hf")   # or a local directory
+>>> grid = llm.encode(frames, timestamps)                             # TokenGrid
+>>> prefill = llm.build_prefill("What happens?", segments)            # inputs_embeds, positions
+>>> answer = llm.generate(prefill, max_new_tokens=64)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from streamvid.errors import UnknownNameError
+
+__all__ = ["ADAPTERS", "adapter_class", "list_adapters", "load_adapter"]
+
+# model_type -> "module:Class"
+ADAPTERS: dict[str, str] = {
+    "llava_onevision": "streamvid.models.llava_onevision:LlavaOneVision",
+    "qwen2_5_vl": "streamvid.models.qwen2_5_vl:Qwen25VL",
+}
+
+
+def list_adapters() -> list[str]:
+    """Supported checkpoint ``model_type`` values."""
+    return sorted(ADAPTERS)
+
+
+def adapter_class(model_type: str) -> type:
+    try:
+        target = ADAPTERS[model_type]
+    except KeyError:
+        raise UnknownNameError("Video-LLM model_type", model_type, ADAPTERS) from None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_adapter(name_or_path: str, **kwargs: Any):
+    """Load a checkpoint (hub name or local path) with the adapter for its ``model_type``.
+
+    kwargs: ``device``, ``dtype``, ``attn_implementation`` (see the adapter's
+    ``from_pretrained``).
+    """
+    from transformers import AutoConfig
+
+    from streamvid.errors import ConfigError
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"cannot read a model config from {name_or_path!r} ({err}); pass a local checkpoint "
+            "directory or a hub name that is downloaded or reachable"
+        ) from None
+    return adapter_class(config.model_type).from_pretrained(name_or_path, config=config, **kwargs)
