@@ -35,9 +35,17 @@ class SegmentIndexer:
     from other threads while ingest runs (live sessions).
     """
 
-    def __init__(self, llm: VideoLLM, compressor: Compressor, embedder: Embedder, memory: TokenMemory,
-                 *, stream_id: str = "default", key_frames: int = 3,
-                 model_lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        llm: VideoLLM,
+        compressor: Compressor,
+        embedder: Embedder,
+        memory: TokenMemory,
+        *,
+        stream_id: str = "default",
+        key_frames: int = 3,
+        model_lock: threading.Lock | None = None,
+    ) -> None:
         self.llm = llm
         self.compressor = compressor
         self.embedder = embedder

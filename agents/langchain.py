@@ -47,11 +47,16 @@ class VideoMemoryTool(BaseTool):
     qa: Any = Field(exclude=True)
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    def _run(self, question: str, start: float | None = None, end: float | None = None,
-             stream: str | None = None, run_manager: Any = None) -> tuple[str, Any]:
+    def _run(
+        self,
+        question: str,
+        start: float | None = None,
+        end: float | None = None,
+        stream: str | None = None,
+        run_manager: Any = None,
+    ) -> tuple[str, Any]:
         try:
-            answer = self.qa.ask(question, time_range=_range(start, end),
-                                 streams=[stream] if stream else None)
+            answer = self.qa.ask(question, time_range=_range(start, end), streams=[stream] if stream else None)
         except StreamvidError as err:
             raise ToolException(str(err)) from None
         moments = "; ".join(f"{u.stream} {_clock(u.start)}-{_clock(u.end)}" for u in answer.segments)
@@ -71,16 +76,21 @@ class VideoSearchTool(BaseTool):
     k: int = 5
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    def _run(self, question: str, start: float | None = None, end: float | None = None,
-             stream: str | None = None, run_manager: Any = None) -> tuple[str, Any]:
+    def _run(
+        self,
+        question: str,
+        start: float | None = None,
+        end: float | None = None,
+        stream: str | None = None,
+        run_manager: Any = None,
+    ) -> tuple[str, Any]:
         qa: VideoQA = self.qa
         try:
             found = qa.retrieve(question, self.k, _range(start, end), [stream] if stream else None)
         except StreamvidError as err:
             raise ToolException(str(err)) from None
         moments = [
-            {"id": s.id, "stream": s.stream, "start": s.start, "end": s.end, "score": score,
-             "evicted": s.evicted}
+            {"id": s.id, "stream": s.stream, "start": s.start, "end": s.end, "score": score, "evicted": s.evicted}
             for s, score in found
         ]
         if not moments:
@@ -107,8 +117,14 @@ class VideoMomentRetriever(BaseRetriever):
             Document(
                 page_content=f"{s.stream} {_clock(s.start)}-{_clock(s.end)}"
                 + (" (evicted: nothing retained)" if s.evicted else ""),
-                metadata={"id": s.id, "stream": s.stream, "start": s.start, "end": s.end, "score": score,
-                          "evicted": s.evicted},
+                metadata={
+                    "id": s.id,
+                    "stream": s.stream,
+                    "start": s.start,
+                    "end": s.end,
+                    "score": score,
+                    "evicted": s.evicted,
+                },
             )
             for s, score in found
         ]

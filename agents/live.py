@@ -4,7 +4,7 @@ questions about them at the same time."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +47,24 @@ class LiveSession:
     ...     session.ask("Did anyone come in during the last 5 minutes?")
     """
 
-    def __init__(self, sources: Mapping[str, Any], llm: VideoLLM, memory: TokenMemory, embedder: Embedder,
-                 compressor: Compressor, *, fps: float = 1.0, max_size: int = 448, max_len: int = 16,
-                 drop_policy: str = "drop_oldest", max_reconnects: int = 5, k: int = 4,
-                 max_new_tokens: int = 128) -> None:
+    def __init__(
+        self,
+        sources: Mapping[str, Any],
+        llm: VideoLLM,
+        memory: TokenMemory,
+        embedder: Embedder,
+        compressor: Compressor,
+        *,
+        fps: float = 1.0,
+        max_size: int = 448,
+        max_len: int = 16,
+        drop_policy: str = "drop_oldest",
+        max_reconnects: int = 5,
+        k: int = 4,
+        max_new_tokens: int = 128,
+        on_segment: Callable[[str, int], None] | None = None,
+    ) -> None:
+        """on_segment(stream id, memory id) is called after each segment is stored."""
         if not sources:
             raise ConfigError("a live session needs at least one source")
         self.memory = memory
@@ -58,16 +72,21 @@ class LiveSession:
         self.indexers: dict[str, SegmentIndexer] = {}
         self.pipelines: dict[str, IngestPipeline] = {}
         for stream_id, source in sources.items():
-            indexer = SegmentIndexer(llm, compressor, embedder, memory, stream_id=stream_id,
-                                     model_lock=self.model_lock)
+            indexer = SegmentIndexer(llm, compressor, embedder, memory, stream_id=stream_id, model_lock=self.model_lock)
             self.indexers[stream_id] = indexer
             self.pipelines[stream_id] = IngestPipeline(
-                source, indexer, sampler=Sampler(fps=fps, max_size=max_size),
-                segmenter=StreamingSegmenter(max_len=max_len, stream_id=stream_id), live=True,
-                drop_policy=drop_policy, max_reconnects=max_reconnects, stream_id=stream_id,
+                source,
+                _notify(indexer, stream_id, on_segment),
+                sampler=Sampler(fps=fps, max_size=max_size),
+                segmenter=StreamingSegmenter(max_len=max_len, stream_id=stream_id),
+                live=True,
+                drop_policy=drop_policy,
+                max_reconnects=max_reconnects,
+                stream_id=stream_id,
             )
-        self.qa = VideoQA(llm, memory, embedder, k=k, live=True, max_new_tokens=max_new_tokens,
-                          model_lock=self.model_lock)
+        self.qa = VideoQA(
+            llm, memory, embedder, k=k, live=True, max_new_tokens=max_new_tokens, model_lock=self.model_lock
+        )
         self._started = False
 
     def start(self) -> LiveSession:
@@ -87,8 +106,11 @@ class LiveSession:
             error = None
             if self._started and not pipeline.running and pipeline._result_error is not None:
                 error = str(pipeline._result_error)
-            streams.append(StreamStatus(stream_id, pipeline.running, s.frames_sampled, s.frames_dropped,
-                                        s.segments, s.reconnects, error))
+            streams.append(
+                StreamStatus(
+                    stream_id, pipeline.running, s.frames_sampled, s.frames_dropped, s.segments, s.reconnects, error
+                )
+            )
         m = self.memory.stats()
         return SessionStatus(streams, m.tokens_held, m.token_cap, m.segments_live, m.segments_evicted)
 
@@ -110,3 +132,15 @@ class LiveSession:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _notify(indexer: SegmentIndexer, stream_id: str, hook: Callable[[str, int], None] | None):
+    if hook is None:
+        return indexer
+
+    def sink(segment: Any) -> int:
+        sid = indexer(segment)
+        hook(stream_id, sid)
+        return sid
+
+    return sink

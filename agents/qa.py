@@ -59,9 +59,19 @@ class VideoQA:
     Multi-turn: earlier (question, answer) pairs are kept (``history_turns``).
     """
 
-    def __init__(self, llm: VideoLLM, memory: TokenMemory, embedder: Embedder, *, k: int = 4,
-                 live: bool = False, max_prefill_tokens: int | None = None, max_new_tokens: int = 128,
-                 history_turns: int = 4, model_lock: threading.Lock | None = None) -> None:
+    def __init__(
+        self,
+        llm: VideoLLM,
+        memory: TokenMemory,
+        embedder: Embedder,
+        *,
+        k: int = 4,
+        live: bool = False,
+        max_prefill_tokens: int | None = None,
+        max_new_tokens: int = 128,
+        history_turns: int = 4,
+        model_lock: threading.Lock | None = None,
+    ) -> None:
         self.llm = llm
         self.memory = memory
         self.embedder = embedder
@@ -83,21 +93,32 @@ class VideoQA:
         ends = [seg.end for s in names for seg in self.memory.timeline(s)[-1:]]
         return max(ends) if ends else None
 
-    def retrieve(self, question: str, k: int, time_range: tuple[float, float] | None,
-                 streams: Sequence[str] | None) -> list[tuple[SegmentInfo, float | None]]:
+    def retrieve(
+        self, question: str, k: int, time_range: tuple[float, float] | None, streams: Sequence[str] | None
+    ) -> list[tuple[SegmentInfo, float | None]]:
         """Segments for a question, best first, live and evicted."""
         if self.embedder.recency_only:
-            infos = [s for name in (streams or self.memory.stats().streams)
-                     for s in self.memory.timeline(name, *(time_range or (None, None)))]
+            infos = [
+                s
+                for name in (streams or self.memory.stats().streams)
+                for s in self.memory.timeline(name, *(time_range or (None, None)))
+            ]
             infos.sort(key=lambda s: s.end, reverse=True)
             return [(s, None) for s in infos[:k]]
         query = self.embedder.embed_text([question])
         (hits,) = self.memory.search(query, k=k, time_range=time_range, streams=streams)
         return [(h.segment, h.score) for h in hits]
 
-    def ask(self, question: str, k: int | None = None, time_range: tuple[float, float] | None = None,
-            streams: Sequence[str] | None = None, *, remember: bool = True,
-            on_text: Callable[[str], None] | None = None) -> Answer:
+    def ask(
+        self,
+        question: str,
+        k: int | None = None,
+        time_range: tuple[float, float] | None = None,
+        streams: Sequence[str] | None = None,
+        *,
+        remember: bool = True,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
         if not isinstance(question, str) or not question.strip():
             raise ConfigError("the question is empty; ask something about the video")
         k = k or self.k
@@ -108,8 +129,9 @@ class VideoQA:
         if time_range is not None:  # every segment of the asked time, to tell what was evicted
             covered = {s.id for s, _ in found}
             for name in streams or self.memory.stats().streams:
-                found += [(s, None) for s in self.memory.timeline(name, *time_range)
-                          if s.evicted and s.id not in covered]
+                found += [
+                    (s, None) for s in self.memory.timeline(name, *time_range) if s.evicted and s.id not in covered
+                ]
         live = [(s, score) for s, score in found if not s.evicted]
         evicted = sorted({_used(s, score) for s, score in found if s.evicted}, key=lambda u: u.start)
         if self.live:  # the newest segment of every asked stream is always in view
@@ -121,18 +143,24 @@ class VideoQA:
         answer = Answer(question=question, text="", evicted=evicted, time_range=time_range)
         if not live:
             answer.text = self._nothing(time_range, evicted)
-            answer.timings = {"retrieve": retrieve_s, "assemble": 0.0, "prefill": 0.0, "decode": 0.0,
-                              "total": time.perf_counter() - t0}
+            answer.timings = {
+                "retrieve": retrieve_s,
+                "assemble": 0.0,
+                "prefill": 0.0,
+                "decode": 0.0,
+                "total": time.perf_counter() - t0,
+            }
             return answer
         # best first; drop the weakest until the prompt fits the budget
         live.sort(key=lambda p: -(p[1] if p[1] is not None else float("inf")))
         segments = self.memory.get([s.id for s, _ in live])
-        history = self.history[-self.history_turns:] if self.history_turns else []
+        history = self.history[-self.history_turns :] if self.history_turns else []
         with self.model_lock:
             while True:
                 try:
-                    prefill = self.llm.build_prefill(question, segments, max_prefill_tokens=self.max_prefill_tokens,
-                                                     history=history)
+                    prefill = self.llm.build_prefill(
+                        question, segments, max_prefill_tokens=self.max_prefill_tokens, history=history
+                    )
                     break
                 except BudgetError:
                     if len(segments) == 1:
@@ -143,13 +171,17 @@ class VideoQA:
         answer.segments = sorted((_used(s, score) for s, score in live), key=lambda u: (u.start, u.stream))
         answer.prompt_tokens = prefill.length
         answer.timings = {
-            "retrieve": retrieve_s, "assemble": prefill.assemble_seconds,
-            "prefill": generation.prefill_seconds, "decode": generation.decode_seconds,
+            "retrieve": retrieve_s,
+            "assemble": prefill.assemble_seconds,
+            "prefill": generation.prefill_seconds,
+            "decode": generation.decode_seconds,
             "total": time.perf_counter() - t0,
         }
         if evicted:
             spans = ", ".join(f"{_clock(u.start)}-{_clock(u.end)}" for u in evicted)
-            answer.text += f"\n(Note: nothing was retained for {spans}; those segments were evicted under the memory cap.)"
+            answer.text += (
+                f"\n(Note: nothing was retained for {spans}; those segments were evicted under the memory cap.)"
+            )
         if remember:
             self.history.append((question, answer.text))
         return answer
@@ -158,8 +190,10 @@ class VideoQA:
     def _nothing(time_range: tuple[float, float] | None, evicted: list[UsedSegment]) -> str:
         if evicted:
             spans = ", ".join(f"{_clock(u.start)}-{_clock(u.end)}" for u in evicted)
-            return (f"Nothing was retained for {spans}: those segments were evicted under the memory cap, "
-                    "so I cannot say what happened then.")
+            return (
+                f"Nothing was retained for {spans}: those segments were evicted under the memory cap, "
+                "so I cannot say what happened then."
+            )
         if time_range is not None:
             return f"Nothing was recorded between {_clock(time_range[0])} and {_clock(time_range[1])}."
         return "The memory holds no video yet."

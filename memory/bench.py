@@ -29,8 +29,9 @@ KEY_DIM = 768
 FACTORIES = ("IDMap2,Flat", "IDMap2,HNSW32,Flat")
 
 
-def synthetic_segment(i: int, n: int, frames: int, dim: int, grid: tuple[int, int] = (14, 14),
-                      stream: str = "cam") -> CompressedSegment:
+def synthetic_segment(
+    i: int, n: int, frames: int, dim: int, grid: tuple[int, int] = (14, 14), stream: str = "cam"
+) -> CompressedSegment:
     gen = torch.Generator().manual_seed(i)
     h, w = grid
     original = frames * h * w
@@ -43,9 +44,19 @@ def synthetic_segment(i: int, n: int, frames: int, dim: int, grid: tuple[int, in
     positions = torch.stack([t, (torch.arange(n) * 7) % h, (torch.arange(n) * 3) % w], 1)
     start = float(i * frames)
     return CompressedSegment(
-        tokens=tokens.half(), sizes=sizes, positions=positions, times=start + t.double(), grid_size=grid,
-        frame_count=frames, start_time=start, end_time=start + frames - 1, mean_token=tokens.mean(0),
-        richness=float(torch.rand(1, generator=gen)), stream_id=stream, segment_index=i, method="synthetic",
+        tokens=tokens.half(),
+        sizes=sizes,
+        positions=positions,
+        times=start + t.double(),
+        grid_size=grid,
+        frame_count=frames,
+        start_time=start,
+        end_time=start + frames - 1,
+        mean_token=tokens.mean(0),
+        richness=float(torch.rand(1, generator=gen)),
+        stream_id=stream,
+        segment_index=i,
+        method="synthetic",
     )
 
 
@@ -115,14 +126,20 @@ def bench_rebalance(root: Path, count: int, tokens: int, dim: int) -> dict[str, 
     reopen = time.perf_counter() - t0
     shutil.rmtree(path, ignore_errors=True)
     return {
-        "segments": count, "tokens_per_segment": tokens, "dim": dim, "build_seconds": build,
-        "add_at_cap_seconds": add_times, "rebalance_at_cap": at_cap.__dict__ if at_cap else None,
-        "full_rebalance": full.__dict__ if full else None, "reopen_with_half_cap_seconds": reopen,
+        "segments": count,
+        "tokens_per_segment": tokens,
+        "dim": dim,
+        "build_seconds": build,
+        "add_at_cap_seconds": add_times,
+        "rebalance_at_cap": at_cap.__dict__ if at_cap else None,
+        "full_rebalance": full.__dict__ if full else None,
+        "reopen_with_half_cap_seconds": reopen,
     }
 
 
-def bench_hours(root: Path, hours: float, dim: int = 896, cap_fraction: float = 0.01,
-                ratio: float = 0.15, seg_frames: int = 16) -> dict[str, Any]:
+def bench_hours(
+    root: Path, hours: float, dim: int = 896, cap_fraction: float = 0.01, ratio: float = 0.15, seg_frames: int = 16
+) -> dict[str, Any]:
     """1 fps, 196 tokens per frame; segments of 16 frames compressed at 15% arrive; cap = 1% of raw."""
     path = root / "hours"
     shutil.rmtree(path, ignore_errors=True)
@@ -148,10 +165,17 @@ def bench_hours(root: Path, hours: float, dim: int = 896, cap_fraction: float = 
     wall = time.perf_counter() - t0
     shutil.rmtree(path, ignore_errors=True)
     return {
-        "hours": hours, "cap_tokens": cap, "segments": segments, "max_tokens_held": max(held),
-        "disk_bytes_after_1h": first_hour.disk_bytes, "payload_bytes_after_1h": first_hour.bytes_held,
-        "disk_bytes_final": final.disk_bytes, "segments_live": final.segments_live,
-        "segments_evicted": final.segments_evicted, "rss": rss, "seconds": wall,
+        "hours": hours,
+        "cap_tokens": cap,
+        "segments": segments,
+        "max_tokens_held": max(held),
+        "disk_bytes_after_1h": first_hour.disk_bytes,
+        "payload_bytes_after_1h": first_hour.bytes_held,
+        "disk_bytes_final": final.disk_bytes,
+        "segments_live": final.segments_live,
+        "segments_evicted": final.segments_evicted,
+        "rss": rss,
+        "seconds": wall,
         "mean_add_ms": wall / segments * 1e3,
     }
 
@@ -170,20 +194,28 @@ def main() -> None:
     for row in report["search"]:
         for factory in FACTORIES:
             r = row[factory]
-            print(f"search @ {row['segments']:>6} segments, {factory:<18}: p50 {r['plain']['p50_ms']:.3f} ms, "
-                  f"p99 {r['plain']['p99_ms']:.3f} ms; time-filtered p50 {r['time_filter']['p50_ms']:.3f} ms, "
-                  f"p99 {r['time_filter']['p99_ms']:.3f} ms")
+            print(
+                f"search @ {row['segments']:>6} segments, {factory:<18}: p50 {r['plain']['p50_ms']:.3f} ms, "
+                f"p99 {r['plain']['p99_ms']:.3f} ms; time-filtered p50 {r['time_filter']['p50_ms']:.3f} ms, "
+                f"p99 {r['time_filter']['p99_ms']:.3f} ms"
+            )
     report["rebalance"] = bench_rebalance(root, 1_000 if args.quick else 10_000, 20, 896)
     r = report["rebalance"]
-    print(f"rebalance @ {r['segments']} segments: add at the cap {', '.join(f'{s:.3f}' for s in r['add_at_cap_seconds'])} s "
-          f"({r['rebalance_at_cap']['touched'] if r['rebalance_at_cap'] else 0} re-merged); full re-merge of every segment "
-          f"{r['full_rebalance']['seconds']:.1f} s")
+    adds = ", ".join(f"{s:.3f}" for s in r["add_at_cap_seconds"])
+    touched = r["rebalance_at_cap"]["touched"] if r["rebalance_at_cap"] else 0
+    print(
+        f"rebalance @ {r['segments']} segments: add at the cap {adds} s ({touched} re-merged); "
+        f"full re-merge of every segment {r['full_rebalance']['seconds']:.1f} s"
+    )
     report["hours"] = bench_hours(root, 1.0 if args.quick else 4.0)
     h = report["hours"]
     rss = [p["rss_mb"] for p in h["rss"]]
-    print(f"{h['hours']} h at 1 fps (cap {h['cap_tokens']} tokens = 1% of raw): max held {h['max_tokens_held']}, "
-          f"disk after 1 h {h['disk_bytes_after_1h'] / 2**20:.1f} MiB (payload {h['payload_bytes_after_1h'] / 2**20:.1f} MiB), "
-          f"RSS {rss[0]:.0f} -> {rss[len(rss) // 2]:.0f} -> {rss[-1]:.0f} MB, {h['mean_add_ms']:.1f} ms per add")
+    print(
+        f"{h['hours']} h at 1 fps (cap {h['cap_tokens']} tokens = 1% of raw): max held {h['max_tokens_held']}, "
+        f"disk after 1 h {h['disk_bytes_after_1h'] / 2**20:.1f} MiB "
+        f"(payload {h['payload_bytes_after_1h'] / 2**20:.1f} MiB), "
+        f"RSS {rss[0]:.0f} -> {rss[len(rss) // 2]:.0f} -> {rss[-1]:.0f} MB, {h['mean_add_ms']:.1f} ms per add"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -44,8 +44,7 @@ class MemoryConfig(BaseModel):
             raise ValueError("set cap_tokens and/or cap_bytes: the memory needs a global cap")
         if not self.index_factory.startswith("IDMap"):
             raise ValueError(
-                f"index_factory must start with 'IDMap2,' or 'IDMap,' (ids are segment ids), got "
-                f"{self.index_factory!r}"
+                f"index_factory must start with 'IDMap2,' or 'IDMap,' (ids are segment ids), got {self.index_factory!r}"
             )
         return self
 

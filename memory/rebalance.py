@@ -69,8 +69,14 @@ def plan_rebalance(
     k = current.shape[0]
     current = current.long().cpu()
     weights = caba_weights(
-        mean_tokens, lengths, richness, tau=tau, alpha=alpha, beta=beta,
-        global_mean=global_mean, recency=recency,
+        mean_tokens,
+        lengths,
+        richness,
+        tau=tau,
+        alpha=alpha,
+        beta=beta,
+        global_mean=global_mean,
+        recency=recency,
     ).cpu()
     evict = torch.zeros(k, dtype=torch.bool)
     if cap < k:

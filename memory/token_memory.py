@@ -294,8 +294,10 @@ class TokenMemory:
             "WHERE status = 'live' ORDER BY id"
         ).fetchall()
         self._live.append_many(
-            [(r[0], torch.from_numpy(np.frombuffer(r[1], dtype=np.float32).copy()), r[2], r[3], r[4], r[5], r[6])
-             for r in rows]
+            [
+                (r[0], torch.from_numpy(np.frombuffer(r[1], dtype=np.float32).copy()), r[2], r[3], r[4], r[5], r[6])
+                for r in rows
+            ]
         )
         self._global_sum = torch.from_numpy(np.frombuffer(self._meta("global_sum"), dtype=np.float64).copy())
         self._global_len = float(self._meta("global_len"))
@@ -328,8 +330,10 @@ class TokenMemory:
                 continue
             q = ",".join("?" * len(chunk))
             rows = conn.execute(f"SELECT id, key FROM segments WHERE id IN ({q})", chunk.tolist()).fetchall()
-            index.add(np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]),
-                      np.array([r[0] for r in rows], dtype=np.int64))
+            index.add(
+                np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]),
+                np.array([r[0] for r in rows], dtype=np.int64),
+            )
         self._index = index
         if len(missing):
             index.save(self._index_path())
@@ -418,17 +422,31 @@ class TokenMemory:
                 now = torch.tensor([newest[s] for s in streams], dtype=torch.float64)
                 recency = recency_factors(end_t, now, self.config.recency_half_life_s)
             plan = plan_rebalance(
-                means, torch.tensor(lengths), torch.tensor(rich), torch.tensor(current), cap,
-                global_mean=global_sum / max(global_len, 1e-12), tau=self.config.tau,
-                alpha=self.config.alpha, beta=self.config.beta, recency=recency,
+                means,
+                torch.tensor(lengths),
+                torch.tensor(rich),
+                torch.tensor(current),
+                cap,
+                global_mean=global_sum / max(global_len, 1e-12),
+                tau=self.config.tau,
+                alpha=self.config.alpha,
+                beta=self.config.beta,
+                recency=recency,
                 hysteresis=self.config.hysteresis,
             )
             targets, evict = plan.targets.tolist(), plan.evict.tolist()
         # new tensors first (files nobody references yet)
         conn = self._db().conn
-        stored = {r[0]: r for r in conn.execute(
-            f"SELECT id, shard, version FROM segments WHERE id IN ({','.join('?' * len(ids))})", ids
-        )} if ids else {}
+        stored = (
+            {
+                r[0]: r
+                for r in conn.execute(
+                    f"SELECT id, shard, version FROM segments WHERE id IN ({','.join('?' * len(ids))})", ids
+                )
+            }
+            if ids
+            else {}
+        )
         rewrites: dict[int, tuple[CompressedSegment, str, int, int]] = {}  # id -> (seg, shard, version, bytes)
         old_files: list[str] = []
         for i, sid in enumerate(ids):
@@ -452,9 +470,13 @@ class TokenMemory:
         report = None
         if total > cap:
             report = RebalanceReport(
-                at=time.time(), seconds=time.perf_counter() - started, tokens_before=total,
-                tokens_after=sum(t for t, e in zip(targets, evict) if not e), cap=cap,
-                touched=len(touched), evicted=len(evicted_ids),
+                at=time.time(),
+                seconds=time.perf_counter() - started,
+                tokens_before=total,
+                tokens_after=sum(t for t, e in zip(targets, evict) if not e),
+                cap=cap,
+                touched=len(touched),
+                evicted=len(evicted_ids),
             )
         # one transaction makes it all visible; readers see before or after, never between
         with self._lock.write(), self._db() as db:
@@ -464,11 +486,29 @@ class TokenMemory:
                 _, name, version, nbytes = rewrites.get(sid, (None, None, 0, 0))
                 db.conn.execute(
                     "INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (sid, seg.stream_id, seg.segment_index, seg.start_time, seg.end_time, seg.frame_count,
-                     seg.grid_size[0], seg.grid_size[1], seg.frame_offset, seg.method, seg.richness,
-                     seg.uniqueness, seg.original_tokens,
-                     rewrites[sid][0].budget if sid in rewrites else 0, new_status, name, version, nbytes,
-                     seg.mean_token.float().cpu().numpy().tobytes(), key.tobytes(), time.time()),
+                    (
+                        sid,
+                        seg.stream_id,
+                        seg.segment_index,
+                        seg.start_time,
+                        seg.end_time,
+                        seg.frame_count,
+                        seg.grid_size[0],
+                        seg.grid_size[1],
+                        seg.frame_offset,
+                        seg.method,
+                        seg.richness,
+                        seg.uniqueness,
+                        seg.original_tokens,
+                        rewrites[sid][0].budget if sid in rewrites else 0,
+                        new_status,
+                        name,
+                        version,
+                        nbytes,
+                        seg.mean_token.float().cpu().numpy().tobytes(),
+                        key.tobytes(),
+                        time.time(),
+                    ),
                 )
                 self._set_meta("global_sum", global_sum.numpy().tobytes(), db.conn)
                 self._set_meta("global_len", global_len, db.conn)
@@ -481,8 +521,8 @@ class TokenMemory:
             for sid in evicted_ids:
                 if pending is None or sid != pending[0]:
                     db.conn.execute(
-                        "UPDATE segments SET status = 'evicted', n_tokens = 0, shard = NULL, nbytes = 0 "
-                        "WHERE id = ?", (sid,),
+                        "UPDATE segments SET status = 'evicted', n_tokens = 0, shard = NULL, nbytes = 0 WHERE id = ?",
+                        (sid,),
                     )
             if report is not None:
                 db.conn.execute(
@@ -492,8 +532,7 @@ class TokenMemory:
             # in-memory state follows the committed manifest
             if pending is not None:
                 self._index.add(pending[2][None], np.array([pending[0]], dtype=np.int64))
-                self._catalog.add([pending[0]], [pending[1].start_time], [pending[1].end_time],
-                                  [pending[1].stream_id])
+                self._catalog.add([pending[0]], [pending[1].start_time], [pending[1].end_time], [pending[1].stream_id])
                 self._global_sum, self._global_len = global_sum, global_len
             keep_mask = [not e for e in evict]
             n_old = len(live)
@@ -502,14 +541,31 @@ class TokenMemory:
             live.keep(keep_mask[:n_old])
             if pending is not None and not evict[-1]:
                 sid, seg, _ = pending
-                live.append_many([(sid, seg.mean_token.float().cpu(), seg.frame_count, seg.richness,
-                                   new_tokens[-1], seg.end_time, seg.stream_id)])
+                live.append_many(
+                    [
+                        (
+                            sid,
+                            seg.mean_token.float().cpu(),
+                            seg.frame_count,
+                            seg.richness,
+                            new_tokens[-1],
+                            seg.end_time,
+                            seg.stream_id,
+                        )
+                    ]
+                )
         for name in old_files:
             self.shards.delete(name)
         if report is not None:
-            log.info("rebalance: %d -> %d tokens (cap %d), %d re-merged, %d evicted in %.3f s",
-                     report.tokens_before, report.tokens_after, cap, report.touched, report.evicted,
-                     report.seconds)
+            log.info(
+                "rebalance: %d -> %d tokens (cap %d), %d re-merged, %d evicted in %.3f s",
+                report.tokens_before,
+                report.tokens_after,
+                cap,
+                report.touched,
+                report.evicted,
+                report.seconds,
+            )
         return report
 
     def _save_index(self) -> None:
@@ -521,18 +577,33 @@ class TokenMemory:
     # -- reading -------------------------------------------------------------------
 
     def _load(self, sid: int, shard: str) -> CompressedSegment:
-        row = self._db().conn.execute(
-            'SELECT stream, seg_index, start, "end", frame_count, grid_h, grid_w, frame_offset, method, '
-            "richness, uniqueness, mean_token FROM segments WHERE id = ?", (sid,)
-        ).fetchone()
+        row = (
+            self._db()
+            .conn.execute(
+                'SELECT stream, seg_index, start, "end", frame_count, grid_h, grid_w, frame_offset, method, '
+                "richness, uniqueness, mean_token FROM segments WHERE id = ?",
+                (sid,),
+            )
+            .fetchone()
+        )
         t = self.shards.read(sid, shard)
         try:
             return CompressedSegment(
-                tokens=t["tokens"], sizes=t["sizes"], positions=t["positions"], times=t["times"],
-                grid_size=(row[5], row[6]), frame_count=row[4], start_time=row[2], end_time=row[3],
+                tokens=t["tokens"],
+                sizes=t["sizes"],
+                positions=t["positions"],
+                times=t["times"],
+                grid_size=(row[5], row[6]),
+                frame_count=row[4],
+                start_time=row[2],
+                end_time=row[3],
                 mean_token=torch.from_numpy(np.frombuffer(row[11], dtype=np.float32).copy()),
-                richness=row[9], uniqueness=row[10], stream_id=row[0], segment_index=row[1],
-                frame_offset=row[7], method=row[8],
+                richness=row[9],
+                uniqueness=row[10],
+                stream_id=row[0],
+                segment_index=row[1],
+                frame_offset=row[7],
+                method=row[8],
             )
         except ShapeError as err:
             raise CorruptShardError(f"segment {sid}: shard {shard} holds inconsistent tensors ({err})", [sid]) from None
@@ -545,9 +616,13 @@ class TokenMemory:
             return []
         with self._lock.read():
             conn = self._db().conn
-            rows = {r[0]: r for r in conn.execute(
-                f'SELECT id, status, shard, start, "end" FROM segments WHERE id IN ({",".join("?" * len(ids))})', ids
-            )}
+            rows = {
+                r[0]: r
+                for r in conn.execute(
+                    f'SELECT id, status, shard, start, "end" FROM segments WHERE id IN ({",".join("?" * len(ids))})',
+                    ids,
+                )
+            }
             unknown = [i for i in ids if i not in rows]
             if unknown:
                 raise UnknownSegmentError(f"no segment with id(s) {unknown} in {self.root}")
@@ -556,7 +631,8 @@ class TokenMemory:
                 spans = ", ".join(f"{rows[i][3]:.1f}-{rows[i][4]:.1f} s" for i in evicted)
                 raise SegmentEvictedError(
                     f"segment(s) {evicted} ({spans}) were evicted under the memory cap; nothing was "
-                    "retained for that time. Raise the cap to keep more", evicted,
+                    "retained for that time. Raise the cap to keep more",
+                    evicted,
                 )
             return [self._load(i, rows[i][2]) for i in ids]
 
@@ -573,8 +649,9 @@ class TokenMemory:
         question about their time learns that nothing was retained. ``time_range``
         keeps segments overlapping [start, end] seconds; ``streams`` keeps those streams.
         """
-        q = np.asarray(queries.detach().cpu().float() if isinstance(queries, torch.Tensor) else queries,
-                       dtype=np.float32)
+        q = np.asarray(
+            queries.detach().cpu().float() if isinstance(queries, torch.Tensor) else queries, dtype=np.float32
+        )
         q = q.reshape(1, -1) if q.ndim == 1 else q
         if self._index is None:
             return [[] for _ in range(q.shape[0])]
@@ -593,9 +670,12 @@ class TokenMemory:
             hit_ids = sorted({int(i) for i in found.flatten() if i >= 0})
             infos = {}
             if hit_ids:
-                infos = {r[0]: _info(r) for r in conn.execute(
-                    f"SELECT {_INFO_COLS} FROM segments WHERE id IN ({','.join('?' * len(hit_ids))})", hit_ids
-                )}
+                infos = {
+                    r[0]: _info(r)
+                    for r in conn.execute(
+                        f"SELECT {_INFO_COLS} FROM segments WHERE id IN ({','.join('?' * len(hit_ids))})", hit_ids
+                    )
+                }
         return [
             [Hit(float(s), infos[int(i)]) for s, i in zip(srow, irow) if i >= 0 and int(i) in infos]
             for srow, irow in zip(scores, found)
@@ -616,15 +696,19 @@ class TokenMemory:
             args += streams
         return " AND ".join(clauses), args
 
-    def timeline(self, stream: str | None = None, start: float | None = None, end: float | None = None) -> list[SegmentInfo]:
+    def timeline(
+        self, stream: str | None = None, start: float | None = None, end: float | None = None
+    ) -> list[SegmentInfo]:
         """Segments (live and evicted) overlapping [start, end], in time order."""
         lo = -float("inf") if start is None else start
         hi = float("inf") if end is None else end
         where, args = self._filter((lo, hi), None if stream is None else [stream])
         with self._lock.read():
-            rows = self._db().conn.execute(
-                f"SELECT {_INFO_COLS} FROM segments WHERE {where} ORDER BY start, id", args
-            ).fetchall()
+            rows = (
+                self._db()
+                .conn.execute(f"SELECT {_INFO_COLS} FROM segments WHERE {where} ORDER BY start, id", args)
+                .fetchall()
+            )
         return [_info(r) for r in rows]
 
     def stats(self) -> MemoryStats:
@@ -635,7 +719,9 @@ class TokenMemory:
             ).fetchone()
             evicted = conn.execute("SELECT COUNT(*) FROM segments WHERE status = 'evicted'").fetchone()[0]
             streams = [r[0] for r in conn.execute("SELECT DISTINCT stream FROM segments ORDER BY stream")]
-            event = conn.execute("SELECT detail FROM events WHERE kind = 'rebalance' ORDER BY id DESC LIMIT 1").fetchone()
+            event = conn.execute(
+                "SELECT detail FROM events WHERE kind = 'rebalance' ORDER BY id DESC LIMIT 1"
+            ).fetchone()
         last = None
         if event is not None:
             d = json.loads(event[0])
@@ -643,8 +729,14 @@ class TokenMemory:
         disk = self.shards.disk_bytes() + _sizes(p for p in self.root.iterdir() if p.is_file())
         per_token = 0 if self.dim is None else self.dim * 2 + PROVENANCE_BYTES
         return MemoryStats(
-            tokens_held=int(live[1]), token_cap=self.token_cap, bytes_held=int(live[1]) * per_token, disk_bytes=disk,
-            segments_live=int(live[0]), segments_evicted=int(evicted), streams=streams, last_rebalance=last,
+            tokens_held=int(live[1]),
+            token_cap=self.token_cap,
+            bytes_held=int(live[1]) * per_token,
+            disk_bytes=disk,
+            segments_live=int(live[0]),
+            segments_evicted=int(evicted),
+            streams=streams,
+            last_rebalance=last,
         )
 
     # -- lifetime --------------------------------------------------------------------
@@ -670,8 +762,16 @@ class TokenMemory:
 
 def _info(r: tuple) -> SegmentInfo:
     return SegmentInfo(
-        id=r[0], stream=r[1], segment_index=r[2], start=r[3], end=r[4], frame_count=r[5],
-        tokens=r[6], original_tokens=r[7], status=r[8], method=r[9],
+        id=r[0],
+        stream=r[1],
+        segment_index=r[2],
+        start=r[3],
+        end=r[4],
+        frame_count=r[5],
+        tokens=r[6],
+        original_tokens=r[7],
+        status=r[8],
+        method=r[9],
     )
 
 

@@ -18,7 +18,7 @@ console = Console()
 
 
 def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}")
+    console.print(f"[bold red]error:[/] {err}", soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -40,13 +40,16 @@ def demo(
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in rows:
         table.add_row(
-            r.method, str(r.tokens), str(r.segments), f"{r.milliseconds:.1f}",
-            f"{r.fidelity:.4f}", f"{r.fidelity_size_bias:.4f}",
+            r.method,
+            str(r.tokens),
+            str(r.segments),
+            f"{r.milliseconds:.1f}",
+            f"{r.fidelity:.4f}",
+            f"{r.fidelity_size_bias:.4f}",
         )
     console.print(table)
     console.print(
-        "fidelity: mean cosine of attention outputs over the kept tokens vs all tokens "
-        "(sharpness 4); 1.0 is lossless."
+        "fidelity: mean cosine of attention outputs over the kept tokens vs all tokens (sharpness 4); 1.0 is lossless."
     )
 
 
@@ -63,7 +66,10 @@ def bench_compression(
 
     try:
         report = run_compression_benchmark(
-            frames=frames, encoder_frames=encoder_frames, repeats=repeats, device=device,
+            frames=frames,
+            encoder_frames=encoder_frames,
+            repeats=repeats,
+            device=device,
             progress=console,
         )
     except StreamvidError as err:
@@ -113,16 +119,23 @@ def bench_prefill(
     from streamvid.eval.prefill_speed import run_prefill_benchmark
 
     try:
-        report = run_prefill_benchmark(size=size, device=device, dtypes=tuple(dtypes.split(",")),
-                                       repeats=repeats, progress=console)
+        report = run_prefill_benchmark(
+            size=size, device=device, dtypes=tuple(dtypes.split(",")), repeats=repeats, progress=console
+        )
     except StreamvidError as err:
         _fail(err)
     table = Table(title=f"prefill, {report['lm']}, {report['device']}")
     for col in ("dtype", "method", "ratio", "tokens", "seconds", "speedup"):
         table.add_column(col, justify="left" if col in ("dtype", "method") else "right")
     for r in report["rows"]:
-        table.add_row(r["dtype"], r["method"], f"{r['ratio']:.0%}", str(r["tokens"]), f"{r['seconds']:.2f}",
-                      f"{r['speedup']:.2f}x")
+        table.add_row(
+            r["dtype"],
+            r["method"],
+            f"{r['ratio']:.0%}",
+            str(r["tokens"]),
+            f"{r['seconds']:.2f}",
+            f"{r['speedup']:.2f}x",
+        )
     console.print(table)
     if out is not None:
         import json

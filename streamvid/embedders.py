@@ -19,8 +19,15 @@ from streamvid.errors import ConfigError, UnknownNameError
 from streamvid.models.base import check_frames, default_device_dtype, read_processor_config
 from streamvid.models.preprocess import normalize, resize_frames
 
-__all__ = ["Embedder", "HFEmbedder", "NoEmbedder", "load_embedder", "segment_key", "key_frame_indices",
-           "DEFAULT_EMBEDDER"]
+__all__ = [
+    "Embedder",
+    "HFEmbedder",
+    "NoEmbedder",
+    "load_embedder",
+    "segment_key",
+    "key_frame_indices",
+    "DEFAULT_EMBEDDER",
+]
 
 DEFAULT_EMBEDDER = "google/siglip-base-patch16-224"
 
@@ -39,7 +46,11 @@ def key_frame_indices(count: int, key_frames: int = 3) -> list[int]:
     """Evenly spread frame indices (first, middle, last for 3)."""
     if count <= key_frames:
         return list(range(count))
-    return sorted({round(i * (count - 1) / (key_frames - 1)) for i in range(key_frames)}) if key_frames > 1 else [count // 2]
+    return (
+        sorted({round(i * (count - 1) / (key_frames - 1)) for i in range(key_frames)})
+        if key_frames > 1
+        else [count // 2]
+    )
 
 
 def segment_key(embedder: Embedder, frames: Any, key_frames: int = 3) -> torch.Tensor:
@@ -103,8 +114,9 @@ class HFEmbedder:
         f, _ = check_frames(frames, np.zeros(len(frames)))
         cfg = self.processor_config
         x = resize_frames(f, self.image_size, self.image_size)
-        x = normalize(x, cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3),
-                      cfg.get("rescale_factor", 1 / 255))
+        x = normalize(
+            x, cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3), cfg.get("rescale_factor", 1 / 255)
+        )
         with torch.inference_mode():
             out = self.model.get_image_features(pixel_values=x.to(self.device, self.dtype))
         out = getattr(out, "pooler_output", out)
@@ -114,8 +126,9 @@ class HFEmbedder:
         kwargs: dict[str, Any] = {"padding": "max_length", "max_length": 64} if self._siglip else {"padding": True}
         enc = self.tokenizer(list(texts), truncation=True, return_tensors="pt", **kwargs)
         with torch.inference_mode():
-            out = self.model.get_text_features(**{k: v.to(self.device) for k, v in enc.items()
-                                                  if k in ("input_ids", "attention_mask")})
+            out = self.model.get_text_features(
+                **{k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            )
         out = getattr(out, "pooler_output", out)
         return F.normalize(out.float(), dim=-1).cpu()
 

@@ -36,9 +36,7 @@ class UnknownNameError(StreamvidError, LookupError):
         self.kind = kind
         self.name = name
         self.known = sorted(known)
-        super().__init__(
-            f"unknown {kind} {name!r}; choose one of: {', '.join(self.known)}"
-        )
+        super().__init__(f"unknown {kind} {name!r}; choose one of: {', '.join(self.known)}")
 
     def __str__(self) -> str:  # LookupError would otherwise repr() the message
         return self.args[0]

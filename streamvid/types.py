@@ -39,9 +39,7 @@ class Segment:
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3:
-            raise ShapeError(
-                f"Segment frames must be uint8 [T, H, W, 3], got {list(self.frames.shape)}"
-            )
+            raise ShapeError(f"Segment frames must be uint8 [T, H, W, 3], got {list(self.frames.shape)}")
         if self.frames.dtype != torch.uint8:
             raise ShapeError(f"Segment frames must be uint8, got {self.frames.dtype}")
         if self.frames.shape[0] == 0:
@@ -85,8 +83,7 @@ class TokenGrid:
         _check_timestamps(self.timestamps, self.tokens.shape[0], "TokenGrid")
         if self.saliency is not None and tuple(self.saliency.shape) != tuple(self.tokens.shape[:3]):
             raise ShapeError(
-                f"saliency must be [T, h, w] = {list(self.tokens.shape[:3])}, "
-                f"got {list(self.saliency.shape)}"
+                f"saliency must be [T, h, w] = {list(self.tokens.shape[:3])}, got {list(self.saliency.shape)}"
             )
 
     @property

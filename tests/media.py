@@ -20,8 +20,15 @@ def scene_frame(scene: int, t: float, width: int = 128, height: int = 96) -> np.
     return img
 
 
-def write_video(path: Path, times: list[float], frame_at, *, container_options=None,
-                time_base: Fraction = Fraction(1, 1000), size=(128, 96)) -> Path:
+def write_video(
+    path: Path,
+    times: list[float],
+    frame_at,
+    *,
+    container_options=None,
+    time_base: Fraction = Fraction(1, 1000),
+    size=(128, 96),
+) -> Path:
     """Encode frames at the given timestamps (exact pts, so variable rates work)."""
     with av.open(str(path), "w", options=container_options or {}) as out:
         stream = out.add_stream("mpeg4", rate=25)
@@ -65,7 +72,7 @@ def audio_only(path: Path) -> Path:
     return path
 
 
-SERVER = r'''
+SERVER = r"""
 import sys, time
 import av, numpy as np
 sys.path.insert(0, {tests!r})
@@ -82,7 +89,7 @@ with av.open(f"tcp://127.0.0.1:{{port}}?listen=1", "w", format="mpegts") as out:
         frame.pts = i
         out.mux(stream.encode(frame))
         time.sleep(max(0.0, start + t - time.monotonic()))  # real-time pacing of a live feed
-'''
+"""
 
 
 def server_script(tmp: Path) -> Path:
@@ -91,7 +98,7 @@ def server_script(tmp: Path) -> Path:
     return path
 
 
-RTSP_PUBLISHER = r'''
+RTSP_PUBLISHER = r"""
 import sys, time
 import av
 sys.path.insert(0, {tests!r})
@@ -106,7 +113,7 @@ with av.open(sys.argv[1], "w", format="rtsp", options={{"rtsp_transport": "udp"}
         frame.pts = i
         out.mux(stream.encode(frame))
         time.sleep(max(0.0, start + i / fps - time.monotonic()))  # real-time pacing of a live feed
-'''
+"""
 
 
 def rtsp_publisher_script(tmp: Path) -> Path:

@@ -8,8 +8,16 @@ from streamvid.types import CompressedSegment
 
 
 def make_segment(
-    n: int, *, frames: int = 4, grid: tuple[int, int] = (4, 4), dim: int = 16, seed: int = 0,
-    stream: str = "cam", start: float = 0.0, index: int = 0, center: torch.Tensor | None = None,
+    n: int,
+    *,
+    frames: int = 4,
+    grid: tuple[int, int] = (4, 4),
+    dim: int = 16,
+    seed: int = 0,
+    stream: str = "cam",
+    start: float = 0.0,
+    index: int = 0,
+    center: torch.Tensor | None = None,
     spread: float = 1.0,
 ) -> CompressedSegment:
     """n tokens standing for frames * h * w originals (sizes sum exactly), sorted in time."""
@@ -27,8 +35,17 @@ def make_segment(
     positions = torch.stack([t, torch.randint(0, h, (n,), generator=gen), torch.randint(0, w, (n,), generator=gen)], 1)
     times = start + t.double()
     return CompressedSegment(
-        tokens=tokens.half(), sizes=sizes, positions=positions, times=times, grid_size=grid,
-        frame_count=frames, start_time=start, end_time=start + frames - 1,
-        mean_token=(tokens * sizes[:, None]).sum(0) / original, richness=0.5, stream_id=stream,
-        segment_index=index, method="synthetic",
+        tokens=tokens.half(),
+        sizes=sizes,
+        positions=positions,
+        times=times,
+        grid_size=grid,
+        frame_count=frames,
+        start_time=start,
+        end_time=start + frames - 1,
+        mean_token=(tokens * sizes[:, None]).sum(0) / original,
+        richness=0.5,
+        stream_id=stream,
+        segment_index=index,
+        method="synthetic",
     )

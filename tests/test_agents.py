@@ -1,6 +1,5 @@
 """Question answering end to end on tiny models, time filters, eviction, LangChain glue."""
 
-import numpy as np
 import pytest
 import torch
 from agent_helpers import ColorEmbedder, color_video
@@ -31,10 +30,12 @@ def video(tmp_path_factory):
 
 def ingest(llm, video, root, cap=100_000, embedder=None):
     memory = TokenMemory(root, cap_tokens=cap)
-    indexer = SegmentIndexer(llm, create_compressor("infomerge", ratio=0.5), embedder or ColorEmbedder(), memory,
-                             stream_id="cam")
-    IngestPipeline(video, indexer, sampler=Sampler(fps=2, max_size=None),
-                   segmenter=StreamingSegmenter(max_len=16)).run()
+    indexer = SegmentIndexer(
+        llm, create_compressor("infomerge", ratio=0.5), embedder or ColorEmbedder(), memory, stream_id="cam"
+    )
+    IngestPipeline(
+        video, indexer, sampler=Sampler(fps=2, max_size=None), segmenter=StreamingSegmenter(max_len=16)
+    ).run()
     return memory, indexer
 
 
@@ -91,18 +92,21 @@ def test_bad_questions(llm, video, tmp_path):
     memory.close()
 
 
-@pytest.mark.parametrize("question,now,expected", [
-    ("What happened in the last 5 minutes?", 1000.0, (700.0, 1000.0)),
-    ("anything in the past 30 seconds", 100.0, (70.0, 100.0)),
-    ("in the last hour?", 7200.0, (3600.0, 7200.0)),
-    ("what happened between 1:00 and 2:30", None, (60.0, 150.0)),
-    ("from 0:45 to 1:10, who came in?", None, (45.0, 70.0)),
-    ("what was on screen at 12:30?", None, (740.0, 760.0)),
-    ("around 1:02:03", None, (3713.0, 3733.0)),
-    ("in the first 2 minutes", None, (0.0, 120.0)),
-    ("at 90s", None, (80.0, 100.0)),
-    ("what is the man holding?", 50.0, None),
-])
+@pytest.mark.parametrize(
+    "question,now,expected",
+    [
+        ("What happened in the last 5 minutes?", 1000.0, (700.0, 1000.0)),
+        ("anything in the past 30 seconds", 100.0, (70.0, 100.0)),
+        ("in the last hour?", 7200.0, (3600.0, 7200.0)),
+        ("what happened between 1:00 and 2:30", None, (60.0, 150.0)),
+        ("from 0:45 to 1:10, who came in?", None, (45.0, 70.0)),
+        ("what was on screen at 12:30?", None, (740.0, 760.0)),
+        ("around 1:02:03", None, (3713.0, 3733.0)),
+        ("in the first 2 minutes", None, (0.0, 120.0)),
+        ("at 90s", None, (80.0, 100.0)),
+        ("what is the man holding?", 50.0, None),
+    ],
+)
 def test_time_references(question, now, expected):
     assert parse_time_range(question, now) == expected
 
@@ -116,11 +120,24 @@ def test_langchain_tools_and_retriever(llm, video, tmp_path):
     memory, _ = ingest(llm, video, tmp_path / "mem")
     qa = VideoQA(llm, memory, ColorEmbedder(), k=1, max_new_tokens=3)
     tools = {t.name: t for t in (VideoMemoryTool(qa=qa), VideoSearchTool(qa=qa, k=2))}
-    chat = GenericFakeChatModel(messages=iter([AIMessage(content="", tool_calls=[
-        {"name": "video_search", "args": {"question": "blue"}, "id": "call_1", "type": "tool_call"},
-        {"name": "video_memory", "args": {"question": "What is green?", "stream": "cam"}, "id": "call_2",
-         "type": "tool_call"},
-    ])]))
+    chat = GenericFakeChatModel(
+        messages=iter(
+            [
+                AIMessage(
+                    content="",
+                    tool_calls=[
+                        {"name": "video_search", "args": {"question": "blue"}, "id": "call_1", "type": "tool_call"},
+                        {
+                            "name": "video_memory",
+                            "args": {"question": "What is green?", "stream": "cam"},
+                            "id": "call_2",
+                            "type": "tool_call",
+                        },
+                    ],
+                )
+            ]
+        )
+    )
     message = chat.invoke("When is it blue, and what is green?")
     results = [tools[call["name"]].invoke(call) for call in message.tool_calls]
     assert all(isinstance(r, ToolMessage) for r in results)
@@ -133,7 +150,13 @@ def test_langchain_tools_and_retriever(llm, video, tmp_path):
     assert set(docs[0].metadata) == {"id", "stream", "start", "end", "score", "evicted"}
     # a recoverable failure becomes a ToolException the agent sees as an error message
     failing = VideoMemoryTool(qa=qa, handle_tool_error=True)
-    out = failing.invoke({"name": "video_memory", "args": {"question": "what?", "start": 50.0, "end": 10.0},
-                          "id": "c3", "type": "tool_call"})
+    out = failing.invoke(
+        {
+            "name": "video_memory",
+            "args": {"question": "what?", "start": 50.0, "end": 10.0},
+            "id": "c3",
+            "type": "tool_call",
+        }
+    )
     assert "start <= end" in out.content
     memory.close()

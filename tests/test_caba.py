@@ -27,9 +27,7 @@ def caba_reference(means, lengths, richness, tau, alpha=0.9, beta=0.1):
         return [0.0] * len(xs) if sd <= 1e-12 else [(x - mu) / sd for x in xs]
 
     zu, ze = z(u), z(list(richness))
-    return [
-        lengths[i] / (1 + math.exp(-tau * (alpha * zu[i] + beta * ze[i]))) for i in range(k)
-    ]
+    return [lengths[i] / (1 + math.exp(-tau * (alpha * zu[i] + beta * ze[i]))) for i in range(k)]
 
 
 def test_weights_match_reference():
@@ -82,9 +80,7 @@ def test_uniqueness_is_zero_for_the_global_mean():
 
 @settings(max_examples=200, deadline=None)
 @given(
-    data=st.lists(
-        st.tuples(st.floats(0.0, 50.0), st.integers(1, 40)), min_size=1, max_size=12
-    ),
+    data=st.lists(st.tuples(st.floats(0.0, 50.0), st.integers(1, 40)), min_size=1, max_size=12),
     frac=st.floats(0.0, 1.0),
 )
 def test_allocation_sums_exactly_and_respects_caps(data, frac):

@@ -53,8 +53,16 @@ def test_empty_clip():
         Segment(torch.zeros(0, 4, 4, 3, dtype=torch.uint8), torch.zeros(0))
     with pytest.raises(EmptyInputError):
         CompressedSegment(
-            torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 3), torch.zeros(0),
-            (2, 2), 1, 0.0, 0.0, torch.zeros(4), 0.0,
+            torch.zeros(0, 4),
+            torch.zeros(0),
+            torch.zeros(0, 3),
+            torch.zeros(0),
+            (2, 2),
+            1,
+            0.0,
+            0.0,
+            torch.zeros(4),
+            0.0,
         )
 
 

@@ -42,14 +42,21 @@ def media(tmp_path_factory):
         "cuts": cuts,
         "vfr": write_video(root / "vfr.mkv", VFR_TIMES, lambda t: scene_frame(0, t)),
         "long": write_video(
-            root / "long.mkv", [i / 5 for i in range(5 * 180)], lambda t: scene_frame(int(t // 20), t),
-            size=(32, 32), time_base=Fraction(1, 5),
+            root / "long.mkv",
+            [i / 5 for i in range(5 * 180)],
+            lambda t: scene_frame(int(t // 20), t),
+            size=(32, 32),
+            time_base=Fraction(1, 5),
         ),
         "corrupt": corrupt_copy(
-            write_video(root / "fs.mp4", [i / 10 for i in range(100)],
-                        lambda t: np.random.default_rng(int(t * 10)).integers(0, 256, (96, 128, 3), dtype=np.uint8),
-                        container_options={"movflags": "faststart"}),
-            root / "corrupt.mp4", truncate=False,
+            write_video(
+                root / "fs.mp4",
+                [i / 10 for i in range(100)],
+                lambda t: np.random.default_rng(int(t * 10)).integers(0, 256, (96, 128, 3), dtype=np.uint8),
+                container_options={"movflags": "faststart"},
+            ),
+            root / "corrupt.mp4",
+            truncate=False,
         ),
         "truncated": corrupt_copy(cuts_video(root / "t.mkv"), root / "truncated.mkv", truncate=True),
         "audio": audio_only(root / "tone.wav"),
@@ -152,7 +159,9 @@ def test_open_source_picks_the_right_kind(media):
     assert isinstance(open_source("/dev/video0", width=640, height=480), WebcamSource)
     assert isinstance(open_source([np.zeros((4, 4, 3), np.uint8)]), IterableSource)
     assert webcam_options(640, 480, 30, "mjpeg") == {
-        "video_size": "640x480", "framerate": "30", "input_format": "mjpeg",
+        "video_size": "640x480",
+        "framerate": "30",
+        "input_format": "mjpeg",
     }
     with pytest.raises(ShapeError):
         webcam_options(640, None, None, None)

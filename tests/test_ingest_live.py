@@ -45,8 +45,11 @@ class Collector:
 def live_pipeline(port, collector, max_reconnects):
     source = NetworkSource(f"tcp://127.0.0.1:{port}", open_timeout=2, read_timeout=2)
     return IngestPipeline(
-        source, collector, sampler=Sampler(fps=None, max_size=None),
-        segmenter=StreamingSegmenter(max_len=5), max_reconnects=max_reconnects,
+        source,
+        collector,
+        sampler=Sampler(fps=None, max_size=None),
+        segmenter=StreamingSegmenter(max_len=5),
+        max_reconnects=max_reconnects,
         reconnect_backoff=(0.1, 0.4),
     )
 
@@ -115,8 +118,11 @@ def test_slow_consumer_never_blocks_a_live_source(policy):
         delivered.extend(segment.timestamps.tolist())
 
     pipeline = IngestPipeline(
-        IterableSource(camera(), live=True), slow_stage, sampler=Sampler(fps=None, max_size=None),
-        segmenter=StreamingSegmenter(tau_seg=-1.0, min_len=1, max_len=4), queue_size=8,
+        IterableSource(camera(), live=True),
+        slow_stage,
+        sampler=Sampler(fps=None, max_size=None),
+        segmenter=StreamingSegmenter(tau_seg=-1.0, min_len=1, max_len=4),
+        queue_size=8,
         drop_policy=policy,
     )
     stats = pipeline.run()
@@ -149,7 +155,9 @@ def test_stop_from_another_thread_is_clean():
         stop_seen.set()
 
     pipeline = IngestPipeline(
-        IterableSource(endless(), live=True), stage, sampler=Sampler(fps=None, max_size=None),
+        IterableSource(endless(), live=True),
+        stage,
+        sampler=Sampler(fps=None, max_size=None),
         segmenter=StreamingSegmenter(max_len=3),
     )
     pipeline.start()

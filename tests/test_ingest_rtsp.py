@@ -43,9 +43,17 @@ def test_rtsp_stream_from_a_real_server(tmp_path):
     client_port, server_port = free_port(), free_port()
     rtp_base = 30000 + 2 * (free_port() % 10000)
     server = subprocess.Popen(
-        ["rtsp-server-perl", "--clientport", str(client_port), "--serverport", str(server_port),
-         "--rtp_start_port", str(rtp_base)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "rtsp-server-perl",
+            "--clientport",
+            str(client_port),
+            "--serverport",
+            str(server_port),
+            "--rtp_start_port",
+            str(rtp_base),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     publisher = None
     try:
@@ -53,16 +61,23 @@ def test_rtsp_stream_from_a_real_server(tmp_path):
         wait_for_port(client_port, server)
         publisher = subprocess.Popen(
             [sys.executable, str(rtsp_publisher_script(tmp_path)), f"rtsp://127.0.0.1:{server_port}/cam"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         source = NetworkSource(
-            f"rtsp://127.0.0.1:{client_port}/cam", open_timeout=3, read_timeout=3,
+            f"rtsp://127.0.0.1:{client_port}/cam",
+            open_timeout=3,
+            read_timeout=3,
             options={"rtsp_transport": "udp"},
         )
         collector = Collector(want=3)
         pipeline = IngestPipeline(
-            source, collector, sampler=Sampler(fps=None, max_size=None),
-            segmenter=StreamingSegmenter(max_len=5), max_reconnects=20, reconnect_backoff=(0.2, 1.0),
+            source,
+            collector,
+            sampler=Sampler(fps=None, max_size=None),
+            segmenter=StreamingSegmenter(max_len=5),
+            max_reconnects=20,
+            reconnect_backoff=(0.2, 1.0),
         )
         pipeline.start()
         got = collector.enough.wait(60)

@@ -31,7 +31,7 @@ def check_consistent(mem: TokenMemory) -> None:
     rows = conn.execute("SELECT id, status, shard, n_tokens, original_tokens FROM segments").fetchall()
     conn.close()
     live = [r for r in rows if r[1] == "live"]
-    for sid, _, shard, n, original in live:
+    for sid, _, _shard, n, original in live:
         (seg,) = mem.get([sid])
         assert seg.budget == n and int(seg.sizes.sum()) == original
     referenced = {r[2] for r in live}
@@ -52,7 +52,8 @@ def check_consistent(mem: TokenMemory) -> None:
             st.tuples(st.just("add"), st.integers(1, 64), st.sampled_from(["a", "b"])),
             st.tuples(st.just("rebalance"), st.just(0), st.just("")),
         ),
-        min_size=1, max_size=14,
+        min_size=1,
+        max_size=14,
     ),
 )
 def test_any_sequence_keeps_the_cap_provenance_and_evicted_keys(tmp_path_factory, cap, ops):
@@ -83,8 +84,9 @@ def test_plan_rebalance_budgets_sum_to_cap_and_never_grow():
     gen = torch.Generator().manual_seed(0)
     means = torch.randn(k, d, generator=gen)
     current = torch.randint(5, 60, (k,), generator=gen)
-    plan = plan_rebalance(means, torch.full((k,), 4), torch.rand(k, generator=gen), current, 200,
-                          global_mean=means.mean(0).double())
+    plan = plan_rebalance(
+        means, torch.full((k,), 4), torch.rand(k, generator=gen), current, 200, global_mean=means.mean(0).double()
+    )
     assert int(plan.budgets.sum()) == 200 and bool((plan.budgets <= current).all())
     assert int(plan.targets.sum()) <= 200 and bool((plan.targets <= current).all())
     assert bool((plan.targets[plan.touched] == plan.budgets[plan.touched]).all())
@@ -113,8 +115,9 @@ def test_real_compressed_segments_round_trip_after_reopen(tmp_path):
     gen = torch.Generator().manual_seed(2)
     with TokenMemory(tmp_path, cap_tokens=10_000) as mem:
         for i in range(6):
-            grid = TokenGrid(torch.randn(8, 6, 6, 32, generator=gen), torch.arange(8.0) + 8 * i,
-                             stream_id="cam", segment_index=i)
+            grid = TokenGrid(
+                torch.randn(8, 6, 6, 32, generator=gen), torch.arange(8.0) + 8 * i, stream_id="cam", segment_index=i
+            )
             (seg,) = comp.compress(grid, boundaries=[0, 8])
             mem.add(seg, key(i))
         queries = torch.stack([key(i) for i in range(6)])

@@ -46,7 +46,9 @@ def test_sigkill_at_random_moments(tmp_path):
     for _round in range(5):
         proc = subprocess.Popen(
             [sys.executable, str(script), str(mem_dir), str(next_index)],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         reported: list[int] = []
         reader = threading.Thread(target=read_lines, args=(proc, rng.randint(2, 12), reported))

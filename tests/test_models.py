@@ -37,11 +37,13 @@ def model_own_inputs(llm, name, frames, question, n_visual):
     if name == "llava":
         ids = before + [cfg.video_token_index] * (n_visual + 1) + after
         return torch.tensor([ids]), {"pixel_values_videos": llm.pixel_values(torch.from_numpy(frames))[None]}
-    ids = torch.tensor([before + [cfg.vision_start_token_id] + [cfg.video_token_id] * n_visual
-                        + [cfg.vision_end_token_id] + after])
+    ids = torch.tensor(
+        [before + [cfg.vision_start_token_id] + [cfg.video_token_id] * n_visual + [cfg.vision_end_token_id] + after]
+    )
     pixels, grid = llm.pixel_values(torch.from_numpy(frames))
     return ids, {
-        "pixel_values_videos": pixels, "video_grid_thw": grid,
+        "pixel_values_videos": pixels,
+        "video_grid_thw": grid,
         "mm_token_type_ids": (ids == cfg.video_token_id).int() * 2,
         "second_per_grid_ts": torch.tensor([1.0]),  # our segment: temporal tokens 1 s apart
     }
@@ -56,8 +58,9 @@ def test_registry_is_lazy_and_typed(tmp_path):
     assert out.stdout.strip() == "False"
     from transformers import BertConfig
 
-    BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-               intermediate_size=8).save_pretrained(tmp_path)
+    BertConfig(
+        vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8
+    ).save_pretrained(tmp_path)
     with pytest.raises(UnknownNameError, match="llava_onevision, qwen2_5_vl"):
         load_adapter(str(tmp_path))
     with pytest.raises(ConfigError, match="cannot read a model config"):
@@ -76,8 +79,11 @@ def test_keep_all_prefill_reproduces_the_models_own_forward_and_generation(adapt
         if hasattr(llm.model.model, "rope_deltas"):
             llm.model.model.rope_deltas = None
         reference = llm.model(input_ids=ids, **pixel_inputs).logits
-        ours = llm.model(inputs_embeds=prefill.inputs_embeds, attention_mask=prefill.attention_mask,
-                         position_ids=prefill.position_ids).logits
+        ours = llm.model(
+            inputs_embeds=prefill.inputs_embeds,
+            attention_mask=prefill.attention_mask,
+            position_ids=prefill.position_ids,
+        ).logits
     assert ours.shape == reference.shape
     torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
     generated = llm.generate(prefill, max_new_tokens=8)
@@ -85,7 +91,7 @@ def test_keep_all_prefill_reproduces_the_models_own_forward_and_generation(adapt
         if hasattr(llm.model.model, "rope_deltas"):
             llm.model.model.rope_deltas = None
         hf = llm.model.generate(input_ids=ids, **pixel_inputs, max_new_tokens=8, do_sample=False)
-    expected = hf[0, ids.shape[1]:].tolist()
+    expected = hf[0, ids.shape[1] :].tolist()
     assert generated.token_ids == expected[: len(generated.token_ids)]
     assert isinstance(generated, Generation) and generated.prefill_seconds > 0
 
@@ -112,7 +118,8 @@ def test_compressed_prefill_length_positions_and_generation(adapters, name):
     grid_b = llm.encode(frames[::-1].copy(), 20 + np.arange(16) * 0.5)
     comp = create_compressor("infomerge", ratio=0.15)
     segments = comp.compress(grid_b, boundaries=[0, grid_b.num_frames]) + comp.compress(
-        grid_a, boundaries=[0, grid_a.num_frames])
+        grid_a, boundaries=[0, grid_a.num_frames]
+    )
     before, after = llm.prompt_parts("When does it change?")
     prefill = llm.build_prefill("When does it change?", segments)
     ordered = sorted(segments, key=lambda s: s.start_time)
@@ -147,8 +154,10 @@ def _keep_all_like(seg):
     n = t * h * w
     grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), -1)
     return seg.with_tokens(
-        tokens=torch.zeros(n, seg.dim, dtype=seg.tokens.dtype), sizes=torch.ones(n, dtype=torch.long),
-        positions=grid.reshape(n, 3), times=torch.full((n,), seg.start_time, dtype=torch.float64),
+        tokens=torch.zeros(n, seg.dim, dtype=seg.tokens.dtype),
+        sizes=torch.ones(n, dtype=torch.long),
+        positions=grid.reshape(n, 3),
+        times=torch.full((n,), seg.start_time, dtype=torch.float64),
     )
 
 

@@ -74,3 +74,12 @@ def test_cli_demo_on_a_video_file(tmp_path):
     result = CliRunner().invoke(app, ["demo", str(path)])
     assert result.exit_code == 0, result.output
     assert "12 frames" in result.output
+
+
+def test_lint_is_clean():
+    import shutil
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    folders = ["streamvid", "memory", "agents", "examples", "tests"]
+    out = subprocess.run([ruff, "check", *folders], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -48,9 +48,7 @@ class Compressor(ABC):
         try:
             self.config = self.config_class(**cfg)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()
-            )
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors())
             raise ConfigError(f"bad {self.name} options: {problems}") from None
 
     @property
@@ -98,9 +96,7 @@ def _to_device(grid: TokenGrid, device: torch.device) -> TokenGrid:
 def _check_boundaries(boundaries: Sequence[int], num_frames: int) -> list[int]:
     b = [int(x) for x in boundaries]
     if len(b) < 2 or b[0] != 0 or b[-1] != num_frames or any(x >= y for x, y in zip(b, b[1:])):
-        raise ShapeError(
-            f"boundaries must go strictly up from 0 to the frame count {num_frames}, got {b}"
-        )
+        raise ShapeError(f"boundaries must go strictly up from 0 to the frame count {num_frames}, got {b}")
     return b
 
 
@@ -108,9 +104,7 @@ def split_budget_by_length(total: int, boundaries: list[int], per_frame_capacity
     """Budgets proportional to segment length, exact sum (largest remainder)."""
     lengths = torch.tensor([y - x for x, y in zip(boundaries, boundaries[1:])])
     k = lengths.shape[0]
-    return allocate_budgets(
-        lengths.double(), total, lengths * per_frame_capacity, minimum=1 if total >= k else 0
-    )
+    return allocate_budgets(lengths.double(), total, lengths * per_frame_capacity, minimum=1 if total >= k else 0)
 
 
 def nearest_kept_sizes(tokens: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
@@ -176,4 +170,3 @@ def clip_uniqueness(stats: Sequence[Any]) -> torch.Tensor:
     means = torch.stack([s.mean_token for s in stats])
     lengths = torch.tensor([s.length for s in stats], dtype=torch.float64)
     return uniqueness(means, lengths)
-

@@ -40,7 +40,14 @@ class _PerSegment(Compressor):
             tokens, sizes, flat = self._segment(x, int(budgets[k]), grid.grid_size)
             out.append(
                 finish_segment(
-                    grid, a, b, tokens, sizes, flat, self.name, self.out_dtype(grid),
+                    grid,
+                    a,
+                    b,
+                    tokens,
+                    sizes,
+                    flat,
+                    self.name,
+                    self.out_dtype(grid),
                     segment_index=grid.segment_index + k,
                 )
             )
@@ -82,8 +89,15 @@ class KeepAll(Compressor):
             flat = torch.arange(tokens.shape[0], device=tokens.device)
             out.append(
                 finish_segment(
-                    grid, a, b, tokens, torch.ones_like(flat), flat, self.name,
-                    self.out_dtype(grid), segment_index=grid.segment_index + k,
+                    grid,
+                    a,
+                    b,
+                    tokens,
+                    torch.ones_like(flat),
+                    flat,
+                    self.name,
+                    self.out_dtype(grid),
+                    segment_index=grid.segment_index + k,
                 )
             )
         return out
@@ -184,8 +198,6 @@ class VidCom2(_PerSegment):
         counts = _per_frame_counts(frame_ratio.double().cpu(), budget, n)  # exact total
         score = s_vid + s_frm
         kept = [
-            t * n + torch.topk(score[t], k=c, largest=False).indices
-            for t, c in enumerate(counts.tolist())
-            if c > 0
+            t * n + torch.topk(score[t], k=c, largest=False).indices for t, c in enumerate(counts.tolist()) if c > 0
         ]
         return _pruned(x, torch.cat(kept))

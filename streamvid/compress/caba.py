@@ -114,8 +114,7 @@ def uniqueness(
     """u_k = 1 - cos(xbar_k, xglob), xglob length-weighted. -> float64 [K]."""
     if mean_tokens.ndim != 2 or mean_tokens.shape[0] != lengths.shape[0]:
         raise ShapeError(
-            f"mean_tokens must be [K, D] with K = len(lengths), got {list(mean_tokens.shape)} "
-            f"and {list(lengths.shape)}"
+            f"mean_tokens must be [K, D] with K = len(lengths), got {list(mean_tokens.shape)} and {list(lengths.shape)}"
         )
     means = mean_tokens.double()
     if global_mean is None:
@@ -172,8 +171,7 @@ def allocate_budgets(
         )
     if total > cap.sum():
         raise BudgetError(
-            f"a total of {total} tokens exceeds the {int(cap.sum())} tokens the segments hold; "
-            "lower the budget"
+            f"a total of {total} tokens exceeds the {int(cap.sum())} tokens the segments hold; lower the budget"
         )
     # scale to max 1; a zero weight would make a segment unreachable when the others are capped
     w = torch.ones_like(w) if float(w.max()) <= 0 else (w / w.max()).clamp_min(1e-12)

@@ -63,9 +63,7 @@ class InfoMergeConfig(CompressorConfig):
     tau_seg: float = Field(0.9, ge=-1, le=1)
 
 
-def select_salient(
-    saliency: torch.Tensor, count: int, static: torch.Tensor, lam: float
-) -> torch.Tensor:
+def select_salient(saliency: torch.Tensor, count: int, static: torch.Tensor, lam: float) -> torch.Tensor:
     """ATS with static penalty (spec 1.5).
 
     saliency: [V, N]; static: bool [N] (S_k) -> chosen: bool [V, N], ``count`` per frame.
@@ -102,9 +100,7 @@ def density_peak_scores(x: torch.Tensor, knn: int) -> torch.Tensor:
     rho = torch.exp(-(nearest**2).mean(dim=1))
     idx = torch.arange(m, device=x.device)
     # denser[i, j]: j is denser than i (ties: the lower index is denser)
-    denser = (rho[None, :] > rho[:, None]) | (
-        (rho[None, :] == rho[:, None]) & (idx[None, :] < idx[:, None])
-    )
+    denser = (rho[None, :] > rho[:, None]) | ((rho[None, :] == rho[:, None]) & (idx[None, :] < idx[:, None]))
     delta = torch.where(denser, d, torch.full_like(d, float("inf"))).min(dim=1).values
     delta = torch.where(torch.isinf(delta), d.max(), delta)
     return rho * delta
@@ -219,9 +215,7 @@ class InfoMerge(Compressor):
             weights = caba_weights(means, lengths, richness, tau=self.tau, alpha=cfg.alpha, beta=cfg.beta)
         else:
             weights = lengths.double()
-        context_budgets = allocate_budgets(
-            weights, context_total, lengths * (n - salient_count), minimum=1
-        )
+        context_budgets = allocate_budgets(weights, context_total, lengths * (n - salient_count), minimum=1)
 
         out: list[CompressedSegment] = []
         for k, ((a, b), budget) in enumerate(zip(spans, context_budgets.tolist())):

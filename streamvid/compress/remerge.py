@@ -64,9 +64,7 @@ def remerge(segment: CompressedSegment, budget: int) -> CompressedSegment:
     Keeps the sum of sizes, positions and times of representatives, temporal order.
     """
     if budget < 1:
-        raise BudgetError(
-            f"cannot re-merge a segment to {budget} tokens; keep at least 1 or evict the segment"
-        )
+        raise BudgetError(f"cannot re-merge a segment to {budget} tokens; keep at least 1 or evict the segment")
     if segment.budget <= budget:
         return segment
     x = segment.tokens.float()  # (n, D)

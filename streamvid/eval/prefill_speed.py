@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from functools import partial
 from typing import Any
 
 import torch
@@ -22,19 +23,31 @@ __all__ = ["run_prefill_benchmark", "qwen2_shape", "build_llava_with_lm"]
 
 def qwen2_shape(size: str) -> dict[str, Any]:
     if size == "0.5b":
-        return dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                    num_key_value_heads=2, vocab_size=151936)
+        return dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+        )
     if size == "7b":
-        return dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                    num_key_value_heads=4, vocab_size=152064)
+        return dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+        )
     raise ConfigError(f"unknown LM size {size!r}; use '0.5b' or '7b'")
 
 
 def build_llava_with_lm(size: str, device: torch.device, dtype: torch.dtype):
     """A LLaVA-OneVision adapter whose LM has the given Qwen2 shape (tiny vision tower: the
     benchmark feeds visual tokens directly)."""
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Tokenizer
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Tokenizer
 
     from streamvid.models.llava_onevision import LlavaOneVision
 
@@ -43,19 +56,47 @@ def build_llava_with_lm(size: str, device: torch.device, dtype: torch.dtype):
     bpe.decoder = decoders.ByteLevel()
     bpe.train_from_iterator(
         ["What happens in the video? When does the car stop?"] * 10,
-        trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>", "<video>"],
-                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|im_start|>", "<|im_end|>", "<video>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
     )
     tokenizer = Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|im_end|>", unk_token=None, bos_token=None)
     config = LlavaOnevisionConfig(
         text_config={"model_type": "qwen2", **qwen2_shape(size), "max_position_embeddings": 32768},
-        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14),
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
     )
     with torch.device(device):
         model = LlavaOnevisionForConditionalGeneration(config).to(dtype)
     return LlavaOneVision(model, tokenizer, {})
+
+
+def _prefill(llm: Any, question: str, segments: list) -> int:
+    """Assemble and run the prefill (logits for the last position only). Returns its length."""
+    pre = llm.build_prefill(question, segments)
+    with torch.inference_mode():
+        llm.model(
+            inputs_embeds=pre.inputs_embeds,
+            attention_mask=pre.attention_mask,
+            position_ids=pre.position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return pre.length
+
+
+def _compress_and_prefill(llm: Any, question: str, compressor: Any, grid: TokenGrid) -> int:
+    return _prefill(llm, question, compressor.compress(grid))
 
 
 def _timed(fn, device: torch.device, repeats: int) -> tuple[float, Any]:
@@ -73,15 +114,25 @@ def _timed(fn, device: torch.device, repeats: int) -> tuple[float, Any]:
 
 
 def run_prefill_benchmark(
-    size: str = "0.5b", device: str = "cpu", dtypes: tuple[str, ...] = ("float32", "bfloat16"),
-    frames: int = 32, ratios: tuple[float, ...] = (0.25, 0.15, 0.10), repeats: int = 1, progress: Any = None,
+    size: str = "0.5b",
+    device: str = "cpu",
+    dtypes: tuple[str, ...] = ("float32", "bfloat16"),
+    frames: int = 32,
+    ratios: tuple[float, ...] = (0.25, 0.15, 0.10),
+    repeats: int = 1,
+    progress: Any = None,
 ) -> dict[str, Any]:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device 'cuda' asked for but no CUDA device is visible")
     say = progress.log if progress is not None else (lambda *_: None)
-    report: dict[str, Any] = {"lm": f"Qwen2-{size} shape, random weights", "device": str(dev), "frames": frames,
-                              "tokens_per_frame": 196, "rows": []}
+    report: dict[str, Any] = {
+        "lm": f"Qwen2-{size} shape, random weights",
+        "device": str(dev),
+        "frames": frames,
+        "tokens_per_frame": 196,
+        "rows": [],
+    }
     question = "What happens in the video?"
     for dtype_name in dtypes:
         dtype = getattr(torch, dtype_name)
@@ -92,25 +143,34 @@ def run_prefill_benchmark(
         tokens += 0.02 * torch.randn(1, 14, 14, hidden, generator=gen)  # a shared background
         grid = TokenGrid(tokens.to(dev, dtype), torch.arange(frames, dtype=torch.float64) * 0.5)
 
-        def prefill_only(segments):
-            pre = llm.build_prefill(question, segments)
-            with torch.inference_mode():
-                llm.model(inputs_embeds=pre.inputs_embeds, attention_mask=pre.attention_mask,
-                          position_ids=pre.position_ids, use_cache=True, logits_to_keep=1)
-            return pre.length
-
         keep = create_compressor("keep_all").compress(grid, boundaries=[0, frames])
-        prefill_only(keep)  # warm-up
-        full_s, full_len = _timed(lambda: prefill_only(keep), dev, repeats)
+        _prefill(llm, question, keep)  # warm-up
+        full_s, full_len = _timed(partial(_prefill, llm, question, keep), dev, repeats)
         say(f"{dtype_name}: full prefill {full_len} tokens {full_s:.2f} s")
-        report["rows"].append({"dtype": dtype_name, "method": "keep_all", "ratio": 1.0, "tokens": full_len,
-                               "seconds": full_s, "speedup": 1.0})
+        report["rows"].append(
+            {
+                "dtype": dtype_name,
+                "method": "keep_all",
+                "ratio": 1.0,
+                "tokens": full_len,
+                "seconds": full_s,
+                "speedup": 1.0,
+            }
+        )
         for ratio in ratios:
             comp = create_compressor("infomerge", ratio=ratio)
-            secs, length = _timed(lambda: prefill_only(comp.compress(grid)), dev, repeats)
-            c_secs, _ = _timed(lambda: comp.compress(grid), dev, repeats)
+            secs, length = _timed(partial(_compress_and_prefill, llm, question, comp, grid), dev, repeats)
+            c_secs, _ = _timed(partial(comp.compress, grid), dev, repeats)
             say(f"{dtype_name}: infomerge {ratio:.0%} {length} tokens {secs:.2f} s (compression {c_secs:.3f} s)")
-            report["rows"].append({"dtype": dtype_name, "method": "infomerge", "ratio": ratio, "tokens": length,
-                                   "seconds": secs, "compression_seconds": c_secs, "speedup": full_s / secs})
-        del llm
+            report["rows"].append(
+                {
+                    "dtype": dtype_name,
+                    "method": "infomerge",
+                    "ratio": ratio,
+                    "tokens": length,
+                    "seconds": secs,
+                    "compression_seconds": c_secs,
+                    "speedup": full_s / secs,
+                }
+            )
     return report

@@ -128,6 +128,7 @@ class IngestPipeline:
 
     def start(self) -> None:
         """Run in a background thread; see :meth:`join` and :meth:`stop`."""
+
         def target() -> None:
             try:
                 self.run()
@@ -192,8 +193,14 @@ class IngestPipeline:
                     ) from None
                 self.stats.reconnects += 1
                 delay = min(self.backoff[1], self.backoff[0] * 2 ** (attempts - 1))
-                log.warning("%s: %s; reconnecting in %.2f s (attempt %d of %d)",
-                            self.source.name, err, delay, attempts, self.max_reconnects)
+                log.warning(
+                    "%s: %s; reconnecting in %.2f s (attempt %d of %d)",
+                    self.source.name,
+                    err,
+                    delay,
+                    attempts,
+                    self.max_reconnects,
+                )
                 if self._stop.wait(delay):
                     return
 
@@ -309,8 +316,10 @@ class _Progress:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            TextColumn("{task.fields[frames]} frames, {task.fields[segments]} segments, "
-                       "{task.fields[rtf]:.1f}x real time, {task.fields[dropped]} dropped"),
+            TextColumn(
+                "{task.fields[frames]} frames, {task.fields[segments]} segments, "
+                "{task.fields[rtf]:.1f}x real time, {task.fields[dropped]} dropped"
+            ),
             TimeRemainingColumn(),
             transient=False,
         )
@@ -323,8 +332,12 @@ class _Progress:
         s = self.pipeline.stats
         wall = time.monotonic() - self.start
         self.progress.update(
-            self.task, completed=s.media_seconds, frames=s.frames_sampled, segments=s.segments,
-            rtf=s.media_seconds / wall if wall > 0 else 0.0, dropped=s.frames_dropped,
+            self.task,
+            completed=s.media_seconds,
+            frames=s.frames_sampled,
+            segments=s.segments,
+            rtf=s.media_seconds / wall if wall > 0 else 0.0,
+            dropped=s.frames_dropped,
         )
 
     def close(self) -> None:

@@ -46,8 +46,7 @@ def _should_cut(open_len: int, similarity: float, cfg: SegmenterConfig) -> bool:
     return open_len >= cfg.max_len or (similarity < cfg.tau_seg and open_len >= cfg.min_len)
 
 
-def segment_boundaries(features: torch.Tensor, tau_seg: float = 0.9, min_len: int = 2,
-                       max_len: int = 16) -> list[int]:
+def segment_boundaries(features: torch.Tensor, tau_seg: float = 0.9, min_len: int = 2, max_len: int = 16) -> list[int]:
     """Batch form of the same rule. features: [L, D] -> segment starts plus the end."""
     cfg = SegmenterConfig(tau_seg=tau_seg, min_len=min_len, max_len=max_len)
     length = features.shape[0]
@@ -55,18 +54,24 @@ def segment_boundaries(features: torch.Tensor, tau_seg: float = 0.9, min_len: in
         return [0]
     sims = F.cosine_similarity(features[:-1].float(), features[1:].float(), dim=-1).tolist()  # (L-1,)
     starts = [0]
-    for l in range(1, length):
-        if _should_cut(l - starts[-1], sims[l - 1], cfg):
-            starts.append(l)
+    for i in range(1, length):
+        if _should_cut(i - starts[-1], sims[i - 1], cfg):
+            starts.append(i)
     return [*starts, length]
 
 
 class StreamingSegmenter:
     """Push frames one at a time; get back each Segment as it closes."""
 
-    def __init__(self, tau_seg: float = 0.9, min_len: int = 2, max_len: int = 16, *,
-                 feature: Callable[[np.ndarray], torch.Tensor] = thumbnail_feature,
-                 stream_id: str = "default") -> None:
+    def __init__(
+        self,
+        tau_seg: float = 0.9,
+        min_len: int = 2,
+        max_len: int = 16,
+        *,
+        feature: Callable[[np.ndarray], torch.Tensor] = thumbnail_feature,
+        stream_id: str = "default",
+    ) -> None:
         try:
             self.config = SegmenterConfig(tau_seg=tau_seg, min_len=min_len, max_len=max_len)
         except ValueError as err:

@@ -98,8 +98,14 @@ def _av_frame(frame: Any, t: float) -> RawFrame:
 class _PyAVSource(VideoSource):
     """Shared decoding loop: timestamps from pts, typed errors, truncation check."""
 
-    def __init__(self, target: str, *, format: str | None = None, options: dict[str, str] | None = None,
-                 timeout: tuple[float, float] | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        format: str | None = None,
+        options: dict[str, str] | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> None:
         self.target = target
         self.name = target
         self.format = format
@@ -112,17 +118,12 @@ class _PyAVSource(VideoSource):
         try:
             return av.open(self.target, format=self.format, options=self.options, timeout=self.timeout)
         except FileNotFoundError:
-            raise SourceNotFoundError(
-                f"{self.target} does not exist; check the path (or the device number)"
-            ) from None
+            raise SourceNotFoundError(f"{self.target} does not exist; check the path (or the device number)") from None
         except av.error.FFmpegError as err:
             raise self._open_error(err) from None
 
     def _open_error(self, err: Exception) -> SourceError:
-        return SourceError(
-            f"cannot open {self.target} as video: {err}; check that it is a video file "
-            "FFmpeg can read"
-        )
+        return SourceError(f"cannot open {self.target} as video: {err}; check that it is a video file FFmpeg can read")
 
     def frames(self) -> Iterator[RawFrame]:
         import av
@@ -131,9 +132,7 @@ class _PyAVSource(VideoSource):
         try:
             if not container.streams.video:
                 kinds = ", ".join(s.type for s in container.streams) or "nothing"
-                raise NoVideoStreamError(
-                    f"{self.target} has no video stream (it holds {kinds}); pass a video"
-                )
+                raise NoVideoStreamError(f"{self.target} has no video stream (it holds {kinds}); pass a video")
             stream = container.streams.video[0]
             if stream.codec_context is None:
                 raise UnsupportedCodecError(
@@ -153,8 +152,11 @@ class _PyAVSource(VideoSource):
                     pts = frame.pts
                     if pts is None or time_base is None:
                         if self.pts_based:
-                            log.warning("%s: frames without pts; using arrival order at %.3f s per frame",
-                                        self.target, fallback_step)
+                            log.warning(
+                                "%s: frames without pts; using arrival order at %.3f s per frame",
+                                self.target,
+                                fallback_step,
+                            )
                             self.pts_based = False
                         t = 0.0 if last_t is None else last_t + fallback_step
                     else:
@@ -189,8 +191,7 @@ class _PyAVSource(VideoSource):
         finally:
             container.close()
 
-    def _check_complete(self, container: Any, stream: Any, last_t: float | None, count: int,
-                        step: float) -> None:
+    def _check_complete(self, container: Any, stream: Any, last_t: float | None, count: int, step: float) -> None:
         if self.live:
             raise SourceError(f"{self.target}: the stream ended")
         if count == 0:
@@ -229,8 +230,9 @@ class NetworkSource(_PyAVSource):
     live = True
     reconnectable = True
 
-    def __init__(self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 10.0,
-                 options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, url: str, *, open_timeout: float = 10.0, read_timeout: float = 10.0, options: dict[str, str] | None = None
+    ) -> None:
         scheme = urlparse(url).scheme.lower()
         opts: dict[str, str] = {}
         if scheme in ("rtsp", "rtsps"):
@@ -251,15 +253,27 @@ class WebcamSource(_PyAVSource):
     live = True
     reconnectable = True
 
-    def __init__(self, device: str = "/dev/video0", *, width: int | None = None, height: int | None = None,
-                 fps: float | None = None, input_format: str | None = None,
-                 read_timeout: float = 10.0) -> None:
-        super().__init__(device, format="v4l2", options=webcam_options(width, height, fps, input_format),
-                         timeout=(read_timeout, read_timeout))
+    def __init__(
+        self,
+        device: str = "/dev/video0",
+        *,
+        width: int | None = None,
+        height: int | None = None,
+        fps: float | None = None,
+        input_format: str | None = None,
+        read_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(
+            device,
+            format="v4l2",
+            options=webcam_options(width, height, fps, input_format),
+            timeout=(read_timeout, read_timeout),
+        )
 
 
-def webcam_options(width: int | None, height: int | None, fps: float | None,
-                   input_format: str | None) -> dict[str, str]:
+def webcam_options(
+    width: int | None, height: int | None, fps: float | None, input_format: str | None
+) -> dict[str, str]:
     """FFmpeg v4l2 options for a camera."""
     opts: dict[str, str] = {}
     if (width is None) != (height is None):
@@ -276,9 +290,7 @@ def webcam_options(width: int | None, height: int | None, fps: float | None,
 def _as_rgb(frame: Any) -> np.ndarray:
     arr = frame.numpy() if isinstance(frame, torch.Tensor) else np.asarray(frame)
     if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise ShapeError(
-            f"frames must be uint8 [H, W, 3] RGB arrays, got {arr.dtype} {list(arr.shape)}"
-        )
+        raise ShapeError(f"frames must be uint8 [H, W, 3] RGB arrays, got {arr.dtype} {list(arr.shape)}")
     return arr
 
 
@@ -324,8 +336,9 @@ class IterableSource(VideoSource):
             yield _numpy_frame(_as_rgb(frame), t)
 
 
-def open_source(source: Any, *, open_timeout: float = 10.0, read_timeout: float = 10.0,
-                live: bool | None = None, **options: Any) -> VideoSource:
+def open_source(
+    source: Any, *, open_timeout: float = 10.0, read_timeout: float = 10.0, live: bool | None = None, **options: Any
+) -> VideoSource:
     """Pick the source for a path, URL, device or iterable.
 
     - a VideoSource: returned as is
@@ -340,8 +353,12 @@ def open_source(source: Any, *, open_timeout: float = 10.0, read_timeout: float 
         text = str(source)
         scheme = urlparse(text).scheme.lower()
         if scheme in NETWORK_SCHEMES:
-            return NetworkSource(text, open_timeout=open_timeout, read_timeout=read_timeout,
-                                 options={k: str(v) for k, v in options.items()})
+            return NetworkSource(
+                text,
+                open_timeout=open_timeout,
+                read_timeout=read_timeout,
+                options={k: str(v) for k, v in options.items()},
+            )
         if text.startswith("/dev/video"):
             return WebcamSource(text, read_timeout=read_timeout, **options)
         return FileSource(text)

@@ -71,7 +71,9 @@ class Generation:
     stopped_by: Literal["eos", "length"]
 
 
-def default_device_dtype(device: str | torch.device | None, dtype: torch.dtype | str | None) -> tuple[torch.device, torch.dtype]:
+def default_device_dtype(
+    device: str | torch.device | None, dtype: torch.dtype | str | None
+) -> tuple[torch.device, torch.dtype]:
     """CUDA bf16 when a GPU exists, CPU fp32 otherwise; either can be overridden."""
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(dtype, str):
@@ -256,8 +258,11 @@ class VideoLLM(ABC):
         with torch.inference_mode():
             t0 = time.perf_counter()
             out = self.model(
-                inputs_embeds=prefill.inputs_embeds, attention_mask=mask,
-                position_ids=prefill.position_ids, use_cache=True, logits_to_keep=1,
+                inputs_embeds=prefill.inputs_embeds,
+                attention_mask=mask,
+                position_ids=prefill.position_ids,
+                use_cache=True,
+                logits_to_keep=1,
             )
             logits = out.logits[:, -1].float()
             _sync(self.device)
@@ -274,8 +279,11 @@ class VideoLLM(ABC):
                     break
                 mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
                 out = self.model(
-                    inputs_embeds=self.embed([token])[None], attention_mask=mask,
-                    position_ids=self.next_positions(prefill, step), past_key_values=past, use_cache=True,
+                    inputs_embeds=self.embed([token])[None],
+                    attention_mask=mask,
+                    position_ids=self.next_positions(prefill, step),
+                    past_key_values=past,
+                    use_cache=True,
                 )
                 past = out.past_key_values
                 logits = out.logits[:, -1].float()
@@ -299,13 +307,20 @@ class VideoLLM(ABC):
         eos = _eos_ids(self.model, self.tokenizer)
         ids: list[int] = []
         shown = ""
-        for token in self.stream(prefill, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                 temperature=temperature, top_p=top_p, seed=seed, timings=timings):
+        for token in self.stream(
+            prefill,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            timings=timings,
+        ):
             ids.append(token)
             if on_text is not None:
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 if len(text) > len(shown) and not text.endswith("\ufffd"):
-                    on_text(text[len(shown):])
+                    on_text(text[len(shown) :])
                     shown = text
         return Generation(
             text=self.tokenizer.decode(ids, skip_special_tokens=True),

@@ -21,7 +21,9 @@ __all__ = ["LlavaOneVision"]
 
 class LlavaOneVision(VideoLLM):
     capabilities = Capabilities(
-        positions="1d", video_end_embedding=True, frames_per_token_step=1,
+        positions="1d",
+        video_end_embedding=True,
+        frames_per_token_step=1,
         saliency="SigLIP pooling-head attention when the tower has a head, else vision-feature norm",
     )
     model_class = "LlavaOnevisionForConditionalGeneration"
@@ -34,8 +36,9 @@ class LlavaOneVision(VideoLLM):
         """uint8 [T, H, W, 3] -> [T, 3, S, S] normalised with the checkpoint's own values."""
         cfg = self.processor_config
         x = resize_frames(frames, self.image_size, self.image_size)
-        x = normalize(x, cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3),
-                      cfg.get("rescale_factor", 1 / 255))
+        x = normalize(
+            x, cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3), cfg.get("rescale_factor", 1 / 255)
+        )
         return x.to(self.device, self.dtype)
 
     def encode(self, frames: Any, timestamps: Any, *, batch_size: int = 8) -> TokenGrid:
@@ -46,8 +49,10 @@ class LlavaOneVision(VideoLLM):
             for i in range(0, frames.shape[0], batch_size):
                 pixels = self.pixel_values(frames[i : i + batch_size])  # (B, 3, S, S)
                 out = self.model.model.get_video_features(
-                    pixels[None], vision_feature_layer=cfg.vision_feature_layer,
-                    vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True,
+                    pixels[None],
+                    vision_feature_layer=cfg.vision_feature_layer,
+                    vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                    return_dict=True,
                 )
                 b = pixels.shape[0]
                 feats = out.pooler_output[0, :-1]  # drop the newline: (B * h * w, D)

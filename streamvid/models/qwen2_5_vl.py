@@ -26,7 +26,9 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 class Qwen25VL(VideoLLM):
     capabilities = Capabilities(
-        positions="mrope", video_end_embedding=False, frames_per_token_step=2,
+        positions="mrope",
+        video_end_embedding=False,
+        frames_per_token_step=2,
         saliency="norm of the merged visual tokens (no pooling head in this tower)",
     )
     model_class = "Qwen2_5_VLForConditionalGeneration"
@@ -40,12 +42,16 @@ class Qwen25VL(VideoLLM):
         cfg, vis = self.processor_config, self._vision
         patch, merge, temporal = vis.patch_size, vis.spatial_merge_size, vis.temporal_patch_size
         height, width = smart_resize(
-            frames.shape[1], frames.shape[2], patch * merge,
-            cfg.get("min_pixels", 128 * 28 * 28), cfg.get("max_pixels", 768 * 28 * 28),
+            frames.shape[1],
+            frames.shape[2],
+            patch * merge,
+            cfg.get("min_pixels", 128 * 28 * 28),
+            cfg.get("max_pixels", 768 * 28 * 28),
         )
         x = resize_frames(frames, height, width)
-        x = normalize(x, cfg.get("image_mean", CLIP_MEAN), cfg.get("image_std", CLIP_STD),
-                      cfg.get("rescale_factor", 1 / 255))
+        x = normalize(
+            x, cfg.get("image_mean", CLIP_MEAN), cfg.get("image_std", CLIP_STD), cfg.get("rescale_factor", 1 / 255)
+        )
         if x.shape[0] % temporal:  # pad the last temporal patch by repeating the last frame
             x = torch.cat([x, x[-1:].expand(temporal - x.shape[0] % temporal, -1, -1, -1)])
         patches, grid = qwen_patchify(x, patch, merge, temporal)
