@@ -130,11 +130,12 @@ class MemoryStats:
 
 
 class _LiveSet:
-    """CABA statistics of the live segments, in growable buffers (rows in id order)."""
+    """CABA statistics of the live segments (rows in id order), in buffers that grow by
+    doubling, so appending is O(D) amortized and only a rebalance touches every row."""
 
     def __init__(self, dim: int) -> None:
         self.ids: list[int] = []
-        self.means = torch.zeros(0, dim)
+        self._means = torch.zeros(64, dim)
         self.lengths: list[int] = []
         self.richness: list[float] = []
         self.tokens: list[int] = []
@@ -144,10 +145,20 @@ class _LiveSet:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def means(self) -> torch.Tensor:
+        """[K, D] view of the live rows."""
+        return self._means[: len(self.ids)]
+
     def append_many(self, rows: list[tuple[int, torch.Tensor, int, float, int, float, str]]) -> None:
         if not rows:
             return
-        self.means = torch.cat([self.means, torch.stack([r[1] for r in rows])])
+        k, need = len(self.ids), len(self.ids) + len(rows)
+        if need > self._means.shape[0]:
+            grown = torch.zeros(max(need, 2 * self._means.shape[0]), self._means.shape[1])
+            grown[:k] = self._means[:k]
+            self._means = grown
+        self._means[k:need] = torch.stack([r[1] for r in rows])
         for sid, _, length, rich, n, end, stream in rows:
             self.ids.append(sid)
             self.lengths.append(length)
@@ -157,7 +168,8 @@ class _LiveSet:
             self.streams.append(stream)
 
     def keep(self, mask: list[bool]) -> None:
-        self.means = self.means[torch.tensor(mask, dtype=torch.bool)]
+        kept = self.means[torch.tensor(mask, dtype=torch.bool)]
+        self._means[: kept.shape[0]] = kept
         for name in ("ids", "lengths", "richness", "tokens", "ends", "streams"):
             setattr(self, name, [v for v, m in zip(getattr(self, name), mask) if m])
 
@@ -395,6 +407,9 @@ class TokenMemory:
         started = time.perf_counter()
         live = self._live
         cap = self.config.token_cap(self.dim)
+        if pending is not None and sum(live.tokens) + pending[1].budget <= cap:
+            self._add_within_cap(*pending)  # O(1): nothing else changes
+            return None
         ids = list(live.ids)
         means, lengths, rich = live.means, list(live.lengths), list(live.richness)
         current, ends, streams = list(live.tokens), list(live.ends), list(live.streams)
@@ -484,32 +499,8 @@ class TokenMemory:
                 sid, seg, key = pending
                 new_status = "evicted" if sid in evicted_ids else "live"
                 _, name, version, nbytes = rewrites.get(sid, (None, None, 0, 0))
-                db.conn.execute(
-                    "INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        sid,
-                        seg.stream_id,
-                        seg.segment_index,
-                        seg.start_time,
-                        seg.end_time,
-                        seg.frame_count,
-                        seg.grid_size[0],
-                        seg.grid_size[1],
-                        seg.frame_offset,
-                        seg.method,
-                        seg.richness,
-                        seg.uniqueness,
-                        seg.original_tokens,
-                        rewrites[sid][0].budget if sid in rewrites else 0,
-                        new_status,
-                        name,
-                        version,
-                        nbytes,
-                        seg.mean_token.float().cpu().numpy().tobytes(),
-                        key.tobytes(),
-                        time.time(),
-                    ),
-                )
+                n_tokens = rewrites[sid][0].budget if sid in rewrites else 0
+                self._insert(db.conn, sid, seg, key, new_status, name, version, nbytes, n_tokens)
                 self._set_meta("global_sum", global_sum.numpy().tobytes(), db.conn)
                 self._set_meta("global_len", global_len, db.conn)
             for sid in touched:
@@ -567,6 +558,62 @@ class TokenMemory:
                 report.seconds,
             )
         return report
+
+    def _add_within_cap(self, sid: int, seg: CompressedSegment, key: np.ndarray) -> None:
+        """Store a segment when the cap is not reached: one shard, one insert, no rebalance."""
+        name, nbytes = self.shards.write(sid, 0, seg, self.dtype)
+        mean = seg.mean_token.float().cpu()
+        global_sum = self._global_sum + seg.frame_count * mean.double()
+        global_len = self._global_len + seg.frame_count
+        with self._lock.write(), self._db() as db:
+            self._insert(db.conn, sid, seg, key, "live", name, 0, nbytes, seg.budget)
+            self._set_meta("global_sum", global_sum.numpy().tobytes(), db.conn)
+            self._set_meta("global_len", global_len, db.conn)
+            self._index.add(key[None], np.array([sid], dtype=np.int64))
+            self._catalog.add([sid], [seg.start_time], [seg.end_time], [seg.stream_id])
+            self._global_sum, self._global_len = global_sum, global_len
+            self._live.append_many(
+                [(sid, mean, seg.frame_count, seg.richness, seg.budget, seg.end_time, seg.stream_id)]
+            )
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        sid: int,
+        seg: CompressedSegment,
+        key: np.ndarray,
+        status: str,
+        shard: str | None,
+        version: int,
+        nbytes: int,
+        n_tokens: int,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                sid,
+                seg.stream_id,
+                seg.segment_index,
+                seg.start_time,
+                seg.end_time,
+                seg.frame_count,
+                seg.grid_size[0],
+                seg.grid_size[1],
+                seg.frame_offset,
+                seg.method,
+                seg.richness,
+                seg.uniqueness,
+                seg.original_tokens,
+                n_tokens,
+                status,
+                shard,
+                version,
+                nbytes,
+                seg.mean_token.float().cpu().numpy().tobytes(),
+                key.tobytes(),
+                time.time(),
+            ),
+        )
 
     def _save_index(self) -> None:
         if self._index is not None:
