@@ -53,6 +53,19 @@ def demo(
     )
 
 
+@app.command("sample-video")
+def sample_video(
+    path: Annotated[Path, typer.Argument(help="where to write the video (.mp4)")] = Path("sample.mp4"),
+) -> None:
+    """Write a 24 s sample video (four scenes of a coloured square moving) to try streamvid on."""
+    from streamvid.demo import write_sample_video
+
+    scenes = write_sample_video(path)
+    console.print(f"wrote {path}:")
+    for start, end, caption in scenes:
+        console.print(f"  {start:4.1f}-{end:4.1f} s  {caption}")
+
+
 @bench_app.command("compression")
 def bench_compression(
     frames: Annotated[int, typer.Option(help="frames per clip")] = 32,

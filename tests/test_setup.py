@@ -19,6 +19,7 @@ def test_readme_has_two_setup_commands_and_ci_runs_the_test_one():
     assert len(commands) == 2, commands
     main_job, tests = commands
     assert "torch==2.13.0" in main_job and "torch==2.13.0" in tests
+    assert "streamvid ask" in main_job
     assert "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()
     assert tests in ci, "the last line of .ci/run must be the README's test command"
@@ -34,6 +35,19 @@ def test_import_is_cheap():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_sample_video_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from streamvid.cli import app
+    from streamvid.ingest import FileSource
+
+    result = CliRunner().invoke(app, ["sample-video", str(tmp_path / "s.mp4")])
+    assert result.exit_code == 0, result.output
+    assert "a red square on a green background" in result.output
+    times = [f.time for f in FileSource(tmp_path / "s.mp4").frames()]
+    assert len(times) == 192 and times[-1] == 191 / 8
 
 
 def test_cli_demo_runs(tmp_path):
