@@ -123,6 +123,11 @@ class CompressedSegment:
                segment's first frame, which is frame ``frame_offset`` of the source grid
     times:     float64 [n]  timestamp (seconds) of the representative's frame
 
+    owner:     optional int64 [frame_count * h * w]: for every original token (t, h, w
+               raster order within the segment), the index of the kept token that
+               stands for it; ``sizes == bincount(owner)``. Kept in memory for
+               evaluation, not persisted by the token memory.
+
     Tokens are in temporal (then raster) order, so ``times`` is non-decreasing.
     The segment-level facts (``mean_token``, ``frame_count``, ``richness``) are what
     CABA needs to re-balance budgets later without the raw tokens.
@@ -143,6 +148,7 @@ class CompressedSegment:
     segment_index: int = 0
     frame_offset: int = 0
     method: str = ""
+    owner: torch.Tensor | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -180,8 +186,9 @@ class CompressedSegment:
         positions: torch.Tensor,
         times: torch.Tensor,
         method: str | None = None,
+        owner: torch.Tensor | None = None,
     ) -> CompressedSegment:
-        """The same segment with a new token set (segment-level facts kept)."""
+        """The same segment with a new token set (segment-level facts kept; owner only if given)."""
         return replace(
             self,
             tokens=tokens,
@@ -189,4 +196,5 @@ class CompressedSegment:
             positions=positions,
             times=times,
             method=self.method if method is None else method,
+            owner=owner,
         )

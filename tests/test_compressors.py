@@ -42,6 +42,14 @@ def check_segments(segments, grid, expected_total):
         assert s.start_time == float(grid.timestamps[s.frame_offset])
         assert s.end_time == float(grid.timestamps[s.frame_offset + s.frame_count - 1])
         assert s.mean_token.shape == (grid.dim,)
+        # exact provenance: every original token belongs to one kept token, sizes agree
+        assert s.owner is not None and s.owner.shape == (s.original_tokens,)
+        assert torch.equal(torch.bincount(s.owner, minlength=s.budget), s.sizes)
+        # a kept token owns its own representative position
+        h_, w_ = s.grid_size
+        rep = (s.positions[:, 0] * h_ + s.positions[:, 1]) * w_ + s.positions[:, 2]
+        if s.method not in ("uniform",):  # pooled cells have no single original token
+            assert torch.equal(s.owner[rep], torch.arange(s.budget))
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
@@ -180,7 +188,9 @@ def test_dtm_hard_mask_and_sizes():
     salient[:, :4] = True
     static = torch.zeros(n, dtype=torch.bool)
     static[4:10] = True
-    x, sizes, flat = merge_context(seg, salient, 6, static, interval=4, knn=4, mu=0.6)
+    x, sizes, flat, owner = merge_context(seg, salient, 6, static, interval=4, knn=4, mu=0.6)
+    assert torch.equal(torch.bincount(owner[owner >= 0], minlength=6), sizes)
+    assert bool((owner.reshape(v, n)[salient] == -1).all())
     assert x.shape == (6, d) and int(sizes.sum()) == v * (n - 4)
     frames, pos = flat // n, flat % n
     assert sorted(set(frames.tolist())) == [3, 7]  # anchor frames counted back from the last
@@ -188,7 +198,7 @@ def test_dtm_hard_mask_and_sizes():
     static_pos = pos[static[pos]].tolist()
     assert len(static_pos) == len(set(static_pos))  # the hard mask: no static position twice
     # an anchor with members moves toward their mean by (1 - mu)
-    _, s_nomask, _ = merge_context(seg, salient, 6, None, interval=4, knn=4, mu=0.6)
+    _, s_nomask, _, _ = merge_context(seg, salient, 6, None, interval=4, knn=4, mu=0.6)
     assert int(s_nomask.sum()) == v * (n - 4)
 
 
@@ -196,7 +206,7 @@ def test_high_retention_uses_more_anchor_frames():
     seg = torch.randn(4, 10, 6)
     salient = torch.zeros(4, 10, dtype=torch.bool)
     salient[:, :2] = True
-    x, sizes, flat = merge_context(seg, salient, 30, None, interval=4, knn=4, mu=0.6)
+    x, sizes, flat, _ = merge_context(seg, salient, 30, None, interval=4, knn=4, mu=0.6)
     assert x.shape[0] == 30 and int(sizes.sum()) == 32
 
 

@@ -34,6 +34,8 @@ def test_remerge_keeps_size_sum_budget_and_provenance(seed, frac):
     mean_after = (out.tokens.float() * out.sizes[:, None]).sum(0) / out.sizes.sum()
     assert torch.allclose(mean_before, mean_after, atol=1e-4)
     assert out.frame_count == seg.frame_count and torch.equal(out.mean_token, seg.mean_token)
+    # provenance composes: each original now belongs to one merged token, sizes agree
+    assert torch.equal(torch.bincount(out.owner, minlength=out.budget), out.sizes)
 
 
 def test_remerge_merges_duplicates_exactly_first():

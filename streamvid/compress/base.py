@@ -14,7 +14,7 @@ from streamvid.compress.caba import allocate_budgets, segment_stats, uniqueness
 from streamvid.errors import ConfigError, ShapeError
 from streamvid.types import CompressedSegment, TokenGrid
 
-__all__ = ["CompressorConfig", "Compressor", "finish_segment", "nearest_kept_sizes"]
+__all__ = ["CompressorConfig", "Compressor", "finish_segment", "nearest_kept_owner"]
 
 
 class CompressorConfig(BaseModel):
@@ -107,15 +107,15 @@ def split_budget_by_length(total: int, boundaries: list[int], per_frame_capacity
     return allocate_budgets(lengths.double(), total, lengths * per_frame_capacity, minimum=1 if total >= k else 0)
 
 
-def nearest_kept_sizes(tokens: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Sizes for a pruning method: every dropped token counts toward its most similar kept token.
+def nearest_kept_owner(tokens: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """Provenance for a pruning method: every dropped token belongs to its most similar kept token.
 
-    tokens: [M, D]; kept: int64 [n] indices into tokens -> int64 [n], sum M.
+    tokens: [M, D]; kept: int64 [n] indices into tokens -> owner int64 [M] (index into kept).
     """
     x = F.normalize(tokens.float(), dim=-1)  # (M, D)
     owner = (x @ x[kept].T).argmax(dim=1)  # (M,): most similar kept token
     owner[kept] = torch.arange(kept.shape[0], device=kept.device)  # a kept token owns itself
-    return torch.bincount(owner, minlength=kept.shape[0]).long()
+    return owner
 
 
 def finish_segment(
@@ -130,16 +130,24 @@ def finish_segment(
     segment_index: int,
     uniqueness_value: float = 0.0,
     stats: Any = None,
+    owner: torch.Tensor | None = None,
 ) -> CompressedSegment:
     """Assemble a CompressedSegment for frames [start, stop) of ``grid``.
 
     tokens: [n, D]; sizes: [n]; flat_index: int64 [n], the representative of each
-    token as t * N + p within the segment. Sorts everything into temporal order.
+    token as t * N + p within the segment; owner: int64 [V * N] index of the kept
+    token of each original (sizes are recomputed from it when given). Sorts
+    everything into temporal order.
     """
     h, w = grid.grid_size
     n_per_frame = h * w
     order = torch.argsort(flat_index, stable=True)
     flat_index = flat_index[order]
+    sorted_sizes = sizes[order].long().cpu()
+    if owner is not None:
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.shape[0], device=order.device)  # old index -> sorted index
+        owner = rank[owner.to(order.device)].cpu()
     t = flat_index // n_per_frame  # frame within the segment
     p = flat_index % n_per_frame
     positions = torch.stack([t, p // w, p % w], dim=1).long().cpu()  # (n, 3)
@@ -148,7 +156,7 @@ def finish_segment(
         stats = segment_stats(grid.tokens[start:stop])
     return CompressedSegment(
         tokens=tokens[order].to(out_dtype),
-        sizes=sizes[order].long().cpu(),
+        sizes=sorted_sizes,
         positions=positions,
         times=seg_times[t.cpu()].double(),
         grid_size=(h, w),
@@ -162,6 +170,7 @@ def finish_segment(
         segment_index=segment_index,
         frame_offset=start,
         method=method,
+        owner=owner,
     )
 
 

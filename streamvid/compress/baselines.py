@@ -18,7 +18,7 @@ from streamvid.compress.base import (
     Compressor,
     CompressorConfig,
     finish_segment,
-    nearest_kept_sizes,
+    nearest_kept_owner,
     split_budget_by_length,
 )
 from streamvid.compress.caba import allocate_budgets
@@ -37,7 +37,8 @@ class _PerSegment(Compressor):
         for k, (a, b) in enumerate(zip(boundaries, boundaries[1:])):
             t = b - a
             x = grid.tokens[a:b].reshape(t, grid.tokens_per_frame, grid.dim).float()  # (V, N, D)
-            tokens, sizes, flat = self._segment(x, int(budgets[k]), grid.grid_size)
+            tokens, owner, flat = self._segment(x, int(budgets[k]), grid.grid_size)
+            sizes = torch.bincount(owner, minlength=tokens.shape[0])
             out.append(
                 finish_segment(
                     grid,
@@ -49,6 +50,7 @@ class _PerSegment(Compressor):
                     self.name,
                     self.out_dtype(grid),
                     segment_index=grid.segment_index + k,
+                    owner=owner,
                 )
             )
         return out
@@ -56,14 +58,14 @@ class _PerSegment(Compressor):
     def _segment(
         self, x: torch.Tensor, budget: int, grid_size: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: fp32 [V, N, D] -> (tokens [n, D], sizes [n], flat index t * N + p [n])."""
+        """x: fp32 [V, N, D] -> (tokens [n, D], owner [V * N] (kept index per original), flat index [n])."""
         raise NotImplementedError
 
 
 def _pruned(x: torch.Tensor, flat_kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     flat_kept = torch.sort(flat_kept).values
     tokens = x.reshape(-1, x.shape[-1])  # (V*N, D)
-    return tokens[flat_kept], nearest_kept_sizes(tokens, flat_kept), flat_kept
+    return tokens[flat_kept], nearest_kept_owner(tokens, flat_kept), flat_kept
 
 
 def _per_frame_counts(weights: torch.Tensor, total: int, per_frame: int) -> torch.Tensor:
@@ -98,6 +100,7 @@ class KeepAll(Compressor):
                     self.name,
                     self.out_dtype(grid),
                     segment_index=grid.segment_index + k,
+                    owner=flat.cpu(),
                 )
             )
         return out
@@ -128,7 +131,8 @@ class UniformPool(_PerSegment):
         v, n, _ = x.shape
         h, w = grid_size
         counts = _per_frame_counts(torch.ones(v), budget, n)
-        tokens, sizes, flat = [], [], []
+        tokens, owner, flat = [], torch.full((v * n,), -1, dtype=torch.long), []
+        count = 0
         for t, cells in enumerate(counts.tolist()):
             if cells == 0:
                 continue
@@ -141,9 +145,15 @@ class UniformPool(_PerSegment):
             mid_row = x.new_zeros(cells).index_add_(0, cell, (pos // w).float()) / size
             mid_col = x.new_zeros(cells).index_add_(0, cell, (pos % w).float()) / size
             rep = mid_row.floor().long() * w + mid_col.floor().long()
-            sizes.append(size)
+            owner[t * n : (t + 1) * n] = count + cell.cpu()
             flat.append(t * n + rep)
-        return torch.cat(tokens), torch.cat(sizes), torch.cat(flat)
+            count += cells
+        kept = torch.cat(tokens)
+        orphans = torch.nonzero(owner < 0).flatten()  # frames left without a cell (tiny budgets)
+        if len(orphans):
+            sims = F.normalize(x.reshape(v * n, -1)[orphans.to(x.device)], dim=-1) @ F.normalize(kept, dim=-1).T
+            owner[orphans] = sims.argmax(dim=1).cpu()
+        return kept, owner, torch.cat(flat)
 
 
 class RandomConfig(CompressorConfig):

@@ -129,18 +129,20 @@ def merge_context(
     interval: int,
     knn: int,
     mu: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """DTM with hard mask (spec 1.6).
 
     seg: fp32 [V, N, D]; salient: bool [V, N]; static: bool [N] or None (no mask).
-    Returns context tokens [B, D], sizes int64 [B] and flat indices t * N + p [B] of
-    the anchors; sizes count the anchor plus every non-salient token merged into it.
+    Returns context tokens [B, D], sizes int64 [B], flat indices t * N + p [B] of
+    the anchors, and owner int64 [V * N]: the anchor each non-salient token joined
+    (-1 for salient tokens); sizes count the anchor plus its members.
     """
     v, n, dim = seg.shape
     free = ~salient  # (V, N) non-salient
+    owner = torch.full((v * n,), -1, dtype=torch.long, device=seg.device)
     if budget <= 0:
         empty = seg.new_zeros(0, dim)
-        return empty, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        return empty, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), owner
     free_per_frame = free.sum(dim=1).cpu()  # (V,)
     frames = _anchor_frames(free_per_frame, budget, interval)
     quotas = allocate_budgets(torch.ones(len(frames)), budget, free_per_frame[frames], minimum=0)
@@ -163,12 +165,14 @@ def merge_context(
     is_member[anchor_flat] = False
     members = flat[is_member]  # (M, D)
     anchor_x = flat[anchor_flat]  # (B, D)
-    owner = (F.normalize(members, dim=-1) @ F.normalize(anchor_x, dim=-1).T).argmax(dim=1)  # (M,)
-    counts = torch.bincount(owner, minlength=anchor_flat.shape[0])  # (B,)
-    member_mean = torch.zeros_like(anchor_x).index_add_(0, owner, members) / counts.clamp_min(1)[:, None]
+    joined = (F.normalize(members, dim=-1) @ F.normalize(anchor_x, dim=-1).T).argmax(dim=1)  # (M,) anchor
+    counts = torch.bincount(joined, minlength=anchor_flat.shape[0])  # (B,)
+    member_mean = torch.zeros_like(anchor_x).index_add_(0, joined, members) / counts.clamp_min(1)[:, None]
     keep = torch.clamp(1.0 / (counts.float() + 1.0), min=mu)[:, None]  # mu_k = max(1/(n+1), mu)
     merged = torch.where(counts[:, None] > 0, keep * anchor_x + (1 - keep) * member_mean, anchor_x)
-    return merged, (1 + counts).long(), anchor_flat
+    owner[is_member] = joined
+    owner[anchor_flat] = torch.arange(anchor_flat.shape[0], device=seg.device)
+    return merged, (1 + counts).long(), anchor_flat, owner
 
 
 class InfoMerge(Compressor):
@@ -236,7 +240,7 @@ class InfoMerge(Compressor):
                 col = torch.cumsum(static.long(), 0)[pos_idx[carry]] - 1  # column in the |S| axis
                 fl = frame_idx[carry]
                 salient_x[carry] = suffix[fl, col] / (v - fl).float()[:, None]
-            ctx_x, ctx_sizes, ctx_flat = merge_context(
+            ctx_x, ctx_sizes, ctx_flat, ctx_owner = merge_context(
                 seg,
                 chosen,
                 budget,
@@ -245,11 +249,16 @@ class InfoMerge(Compressor):
                 knn=cfg.knn,
                 mu=cfg.mu,
             )
+            # provenance: a salient token stands for itself, context tokens for their members
+            n_salient = frame_idx.shape[0]
+            owner = torch.where(ctx_owner >= 0, ctx_owner + n_salient, ctx_owner)
+            owner[frame_idx * n + pos_idx] = torch.arange(n_salient, device=owner.device)
             out.append(
                 finish_segment(
                     grid,
                     a,
                     b,
+                    owner=owner,
                     tokens=torch.cat([salient_x, ctx_x]),
                     sizes=torch.cat([torch.ones_like(frame_idx), ctx_sizes.to(frame_idx.device)]),
                     flat_index=torch.cat([frame_idx * n + pos_idx, ctx_flat.to(frame_idx.device)]),

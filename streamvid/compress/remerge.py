@@ -21,13 +21,13 @@ __all__ = ["remerge", "merge_step"]
 
 def merge_step(
     x: torch.Tensor, sizes: torch.Tensor, order_key: torch.Tensor, count: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One bipartite round merging ``count`` tokens away.
 
     x: fp32 [n, D]; sizes: [n]; order_key: [n] (temporal order; lower wins ties).
-    count <= n // 2. Returns (kept index into the input [n - count],
-    new tokens [n - count, D], new sizes [n - count]); a kept token's representative
-    is the input token at that index.
+    count <= n // 2. Returns (representative: input index of each output token
+    [n - count], new tokens [n - count, D], new sizes [n - count], destination:
+    output index of every input token [n]).
     """
     n = x.shape[0]
     a_idx = torch.arange(0, n, 2, device=x.device)  # (na,)
@@ -55,7 +55,10 @@ def merge_step(
     alive[src] = False
     kept = torch.nonzero(alive).flatten()
     tokens = (sums[kept] / new_sizes[kept].double()[:, None]).float()
-    return rep[kept], tokens, new_sizes[kept]
+    destination = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    destination[kept] = torch.arange(kept.shape[0], device=x.device)
+    destination[src] = destination[dst]
+    return rep[kept], tokens, new_sizes[kept], destination
 
 
 def remerge(segment: CompressedSegment, budget: int) -> CompressedSegment:
@@ -74,12 +77,17 @@ def remerge(segment: CompressedSegment, budget: int) -> CompressedSegment:
     order_key = (positions[:, 0] * h + positions[:, 1]) * w + positions[:, 2]  # temporal, raster
     order_key = order_key.to(x.device)
     sizes = sizes.to(x.device)
+    owner = segment.owner
     while x.shape[0] > budget:
         count = min(x.shape[0] - budget, x.shape[0] // 2)
-        rep, x, sizes = merge_step(x, sizes, order_key, count)
+        rep, x, sizes, destination = merge_step(x, sizes, order_key, count)
         # back to temporal order so the next round alternates neighbours in time
         order = torch.argsort(order_key[rep], stable=True)
         rep, x, sizes = rep[order], x[order], sizes[order]
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.shape[0], device=order.device)
+        if owner is not None:  # compose: original -> old kept token -> new kept token
+            owner = rank[destination[owner.to(destination.device)]].cpu()
         order_key = order_key[rep]
         positions, times = positions[rep.cpu()], times[rep.cpu()]
     return segment.with_tokens(
@@ -87,4 +95,5 @@ def remerge(segment: CompressedSegment, budget: int) -> CompressedSegment:
         sizes=sizes.long().cpu(),
         positions=positions,
         times=times,
+        owner=owner,
     )

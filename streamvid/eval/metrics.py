@@ -42,3 +42,24 @@ def attention_fidelity(
         logits = logits + sizes.float().log().to(logits.device)[None, :]
     out_comp = torch.softmax(logits, dim=-1) @ comp
     return float(F.cosine_similarity(out_full, out_comp, dim=-1).mean())
+
+
+def coverage(
+    full: torch.Tensor,
+    compressed: torch.Tensor,
+    owner: torch.Tensor | None = None,
+) -> tuple[float, float]:
+    """(mean, 5th percentile) over original tokens of the cosine to the kept token that represents it.
+
+    full: [M, D]; compressed: [n, D]. owner: int64 [M], the index of the kept token that
+    stands for each original (from provenance, for merging methods); without it each
+    original is represented by its most similar kept token (pruning methods).
+    """
+    x = F.normalize(full.float(), dim=-1)
+    y = F.normalize(compressed.float(), dim=-1)
+    if owner is None:
+        sims = (x @ y.T).max(dim=1).values  # (M,)
+    else:
+        sims = (x * y[owner.to(x.device)]).sum(dim=-1)
+    return float(sims.mean()), float(torch.quantile(sims, 0.05))
+
