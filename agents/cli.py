@@ -316,6 +316,32 @@ def bench_memory(
     bench.main()
 
 
+@bench_app.command("run")
+def bench_run(
+    profile: Annotated[str, typer.Option(help="quick (minutes) or full")] = "quick",
+    out: Annotated[Path, typer.Option(help="output directory (report.json, PNG plots)")] = Path("bench-out"),
+    docs: Annotated[Path | None, typer.Option(help="also write this markdown page (e.g. docs/benchmarks.md)")] = None,
+    parts: Annotated[str | None, typer.Option(help="comma-separated subset of the parts")] = None,
+) -> None:
+    """The evaluation suite: fidelity, needles, speed and memory, every compressor side by side."""
+    import shutil
+
+    from agents.evaluate import run_suite, write_markdown
+
+    try:
+        report = run_suite(profile, out, progress=console, parts=tuple(parts.split(",")) if parts else None)
+    except StreamvidError as err:
+        _fail(err)
+    if docs is not None:
+        images = docs.parent / "benchmarks"
+        images.mkdir(parents=True, exist_ok=True)
+        for png in out.glob("*.png"):
+            shutil.copy(png, images / png.name)
+        write_markdown(report, docs, images, f"streamvid bench run --profile {profile} --docs {docs}")
+        console.print(f"wrote {docs}")
+    console.print(f"wrote {out / 'report.json'}")
+
+
 def main() -> None:
     app()
 

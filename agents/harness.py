@@ -82,9 +82,18 @@ def _answer(llm: VideoLLM, prompt: str, segments: list, max_new_tokens: int) -> 
     return llm.generate(llm.build_prefill(prompt, segments), max_new_tokens=max_new_tokens).text
 
 
-def run_harness(llm: VideoLLM, questions: list[dict[str, Any]], *, modes: tuple[str, ...] = ("full", "infomerge@0.15"),
-                frames: int = 32, fps: float = 1.0, cap_tokens: int = 50_000, embedder: Embedder | None = None,
-                max_new_tokens: int = 8, progress: Any = None) -> dict[str, Any]:
+def run_harness(
+    llm: VideoLLM,
+    questions: list[dict[str, Any]],
+    *,
+    modes: tuple[str, ...] = ("full", "infomerge@0.15"),
+    frames: int = 32,
+    fps: float = 1.0,
+    cap_tokens: int = 50_000,
+    embedder: Embedder | None = None,
+    max_new_tokens: int = 8,
+    progress: Any = None,
+) -> dict[str, Any]:
     say = progress.log if progress is not None else (lambda *_: None)
     records: dict[str, list[dict[str, Any]]] = defaultdict(list)
     encoded: dict[Path, Any] = {}
@@ -102,45 +111,87 @@ def run_harness(llm: VideoLLM, questions: list[dict[str, Any]], *, modes: tuple[
             segments = compressor.compress(encoded[q["video"]], boundaries=[0, encoded[q["video"]].num_frames])
             text = _answer(llm, mc_prompt(q["question"], q["options"]), segments, max_new_tokens)
             pred = parse_choice(text, len(q["options"]))
-            records[mode].append({"question": q["question"], "answer": q["answer"], "prediction": pred,
-                                  "correct": pred == q["answer"], "output": text,
-                                  "visual_tokens": sum(s.budget for s in segments)})
+            records[mode].append(
+                {
+                    "question": q["question"],
+                    "answer": q["answer"],
+                    "prediction": pred,
+                    "correct": pred == q["answer"],
+                    "output": text,
+                    "visual_tokens": sum(s.budget for s in segments),
+                }
+            )
         say(f"{mode}: {sum(r['correct'] for r in records[mode])}/{len(questions)} correct")
     accuracy = {m: sum(r["correct"] for r in rs) / len(rs) for m, rs in records.items()}
     base = accuracy.get("full")
     relative = {m: (100.0 * a / base if base else None) for m, a in accuracy.items()}
-    return {"questions": len(questions), "accuracy": accuracy, "percent_of_full": relative,
-            "records": dict(records), "seconds": time.perf_counter() - started}
+    return {
+        "questions": len(questions),
+        "accuracy": accuracy,
+        "percent_of_full": relative,
+        "records": dict(records),
+        "seconds": time.perf_counter() - started,
+    }
 
 
-def _streaming(llm: VideoLLM, questions: list[dict[str, Any]], ratio: float, fps: float, cap_tokens: int,
-               embedder: Embedder, max_new_tokens: int) -> list[dict[str, Any]]:
+def _streaming(
+    llm: VideoLLM,
+    questions: list[dict[str, Any]],
+    ratio: float,
+    fps: float,
+    cap_tokens: int,
+    embedder: Embedder,
+    max_new_tokens: int,
+) -> list[dict[str, Any]]:
     """Ingest each video as it plays; ask each question when the stream reaches its time."""
-    out: list[dict[str, Any]] = []
     by_video: dict[Path, list[dict[str, Any]]] = defaultdict(list)
     for q in questions:
         by_video[q["video"]].append(q)
+    out: list[dict[str, Any]] = []
     for video, qs in by_video.items():
-        pending = sorted(qs, key=lambda q: q.get("time", float("inf")))
-        with tempfile.TemporaryDirectory() as tmp:
-            memory = TokenMemory(tmp, cap_tokens=cap_tokens)
-            indexer = SegmentIndexer(llm, create_compressor("infomerge", ratio=ratio), embedder, memory)
-            qa = VideoQA(llm, memory, embedder, k=4, max_new_tokens=max_new_tokens, history_turns=0)
+        out += _stream_one(llm, video, qs, ratio, fps, cap_tokens, embedder, max_new_tokens)
+    return out
 
-            def ask_due(now: float) -> None:
-                while pending and pending[0].get("time", float("inf")) <= now:
-                    q = pending.pop(0)
-                    answer = qa.ask(mc_prompt(q["question"], q["options"]), time_range=(0.0, now), remember=False)
-                    pred = parse_choice(answer.text, len(q["options"]))
-                    out.append({"question": q["question"], "answer": q["answer"], "prediction": pred,
-                                "correct": pred == q["answer"], "output": answer.text, "asked_at": now,
-                                "visual_tokens": answer.prompt_tokens})
 
-            def sink(segment) -> None:
-                indexer(segment)
-                ask_due(segment.end_time)
+def _stream_one(
+    llm: VideoLLM,
+    video: Path,
+    questions: list[dict[str, Any]],
+    ratio: float,
+    fps: float,
+    cap_tokens: int,
+    embedder: Embedder,
+    max_new_tokens: int,
+) -> list[dict[str, Any]]:
+    pending = sorted(questions, key=lambda q: q.get("time", float("inf")))
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        memory = TokenMemory(tmp, cap_tokens=cap_tokens)
+        indexer = SegmentIndexer(llm, create_compressor("infomerge", ratio=ratio), embedder, memory)
+        qa = VideoQA(llm, memory, embedder, k=4, max_new_tokens=max_new_tokens, history_turns=0)
 
-            IngestPipeline(video, sink, sampler=Sampler(fps=fps), segmenter=StreamingSegmenter()).run()
-            ask_due(float("inf"))  # questions after the end (or without a time)
-            memory.close()
+        def ask_due(now: float) -> None:
+            while pending and pending[0].get("time", float("inf")) <= now:
+                q = pending.pop(0)
+                answer = qa.ask(mc_prompt(q["question"], q["options"]), time_range=(0.0, now), remember=False)
+                pred = parse_choice(answer.text, len(q["options"]))
+                out.append(
+                    {
+                        "question": q["question"],
+                        "answer": q["answer"],
+                        "prediction": pred,
+                        "correct": pred == q["answer"],
+                        "output": answer.text,
+                        "asked_at": now,
+                        "visual_tokens": answer.prompt_tokens,
+                    }
+                )
+
+        def sink(segment: Any) -> None:
+            indexer(segment)
+            ask_due(segment.end_time)
+
+        IngestPipeline(video, sink, sampler=Sampler(fps=fps), segmenter=StreamingSegmenter()).run()
+        ask_due(float("inf"))  # questions after the end (or without a time)
+        memory.close()
     return out
