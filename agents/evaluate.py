@@ -85,7 +85,7 @@ def _needle_material(progress: Any) -> tuple[torch.Tensor, torch.Tensor, dict[st
     )
     grid, heads = feature_grid(model, base, np.array([t for t, _ in frames]))
     needles = {}
-    for name in ("chelsea", "coffee", "rocket", "astronaut", "motorcycle_left"):
+    for name in ("chelsea", "coffee", "rocket", "astronaut", "camera"):
         img = getattr(data, name)()
         img = img[..., :3] if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
         x = torch.nn.functional.interpolate(
