@@ -72,6 +72,18 @@ def parse_choice(text: str, n_options: int) -> str | None:
     return None
 
 
+def _record(q: dict[str, Any], text: str, **extra: Any) -> dict[str, Any]:
+    pred = parse_choice(text, len(q["options"]))
+    return {
+        "question": q["question"],
+        "answer": q["answer"],
+        "prediction": pred,
+        "correct": pred == q["answer"],
+        "output": text,
+        **extra,
+    }
+
+
 def _frames(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     decoded = list(FileSource(path).frames())
     pick = np.linspace(0, len(decoded) - 1, min(count, len(decoded))).round().astype(int)

@@ -11,6 +11,7 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.qa import VideoQA
+from agents.timeparse import format_clock
 from streamvid.errors import StreamvidError
 
 __all__ = ["VideoQuestion", "VideoMemoryTool", "VideoSearchTool", "VideoMomentRetriever"]
@@ -27,11 +28,6 @@ def _range(start: float | None, end: float | None) -> tuple[float, float] | None
     if start is None and end is None:
         return None
     return (start if start is not None else 0.0, end if end is not None else float("inf"))
-
-
-def _clock(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class VideoMemoryTool(BaseTool):
@@ -59,7 +55,7 @@ class VideoMemoryTool(BaseTool):
             answer = self.qa.ask(question, time_range=_range(start, end), streams=[stream] if stream else None)
         except StreamvidError as err:
             raise ToolException(str(err)) from None
-        moments = "; ".join(f"{u.stream} {_clock(u.start)}-{_clock(u.end)}" for u in answer.segments)
+        moments = "; ".join(f"{u.stream} {format_clock(u.start)}-{format_clock(u.end)}" for u in answer.segments)
         return (f"{answer.text}\n(moments used: {moments or 'none'})", answer)
 
 
@@ -96,7 +92,7 @@ class VideoSearchTool(BaseTool):
         if not moments:
             return ("No matching moments.", moments)
         lines = [
-            f"{m['stream']} {_clock(m['start'])}-{_clock(m['end'])}"
+            f"{m['stream']} {format_clock(m['start'])}-{format_clock(m['end'])}"
             + (f" score {m['score']:.3f}" if m["score"] is not None else "")
             + (" (evicted: nothing retained)" if m["evicted"] else "")
             for m in moments
@@ -115,7 +111,7 @@ class VideoMomentRetriever(BaseRetriever):
         found = self.qa.retrieve(query, self.k, None, None)
         return [
             Document(
-                page_content=f"{s.stream} {_clock(s.start)}-{_clock(s.end)}"
+                page_content=f"{s.stream} {format_clock(s.start)}-{format_clock(s.end)}"
                 + (" (evicted: nothing retained)" if s.evicted else ""),
                 metadata={
                     "id": s.id,

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agents.timeparse import parse_time_range
+from agents.timeparse import format_clock, parse_time_range
 from memory import SegmentInfo, TokenMemory
 from streamvid.embedders import Embedder
 from streamvid.errors import BudgetError, ConfigError
@@ -178,7 +178,7 @@ class VideoQA:
             "total": time.perf_counter() - t0,
         }
         if evicted:
-            spans = ", ".join(f"{_clock(u.start)}-{_clock(u.end)}" for u in evicted)
+            spans = ", ".join(f"{format_clock(u.start)}-{format_clock(u.end)}" for u in evicted)
             answer.text += (
                 f"\n(Note: nothing was retained for {spans}; those segments were evicted under the memory cap.)"
             )
@@ -189,16 +189,11 @@ class VideoQA:
     @staticmethod
     def _nothing(time_range: tuple[float, float] | None, evicted: list[UsedSegment]) -> str:
         if evicted:
-            spans = ", ".join(f"{_clock(u.start)}-{_clock(u.end)}" for u in evicted)
+            spans = ", ".join(f"{format_clock(u.start)}-{format_clock(u.end)}" for u in evicted)
             return (
                 f"Nothing was retained for {spans}: those segments were evicted under the memory cap, "
                 "so I cannot say what happened then."
             )
         if time_range is not None:
-            return f"Nothing was recorded between {_clock(time_range[0])} and {_clock(time_range[1])}."
+            return f"Nothing was recorded between {format_clock(time_range[0])} and {format_clock(time_range[1])}."
         return "The memory holds no video yet."
-
-
-def _clock(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

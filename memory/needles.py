@@ -30,9 +30,16 @@ from streamvid.types import TokenGrid
 __all__ = ["build_stream", "run_needles"]
 
 
-def build_stream(base: torch.Tensor, base_heads: torch.Tensor, needles: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 hours: float = 1.0, needle_seconds: int = 2, static_every: int = 600, static_seconds: int = 120,
-                 seed: int = 0) -> dict[str, Any]:
+def build_stream(
+    base: torch.Tensor,
+    base_heads: torch.Tensor,
+    needles: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    hours: float = 1.0,
+    needle_seconds: int = 2,
+    static_every: int = 600,
+    static_seconds: int = 120,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Frame-level features of a long 1 fps stream.
 
     base: [B, 14, 14, C] real video features (looped); base_heads: [B, E];
@@ -56,8 +63,14 @@ def build_stream(base: torch.Tensor, base_heads: torch.Tensor, needles: dict[str
     return {"grid": grid, "heads": heads, "needles": times}
 
 
-def run_needles(stream: dict[str, Any], cap_fraction: float = 0.01, ratio: float = 0.15, root: Path | None = None,
-                compressor: str = "infomerge", progress: Any = None) -> dict[str, Any]:
+def run_needles(
+    stream: dict[str, Any],
+    cap_fraction: float = 0.01,
+    ratio: float = 0.15,
+    root: Path | None = None,
+    compressor: str = "infomerge",
+    progress: Any = None,
+) -> dict[str, Any]:
     say = progress.log if progress is not None else (lambda *_: None)
     grid_all, heads = stream["grid"], stream["heads"]
     total, h, w, _ = grid_all.shape
@@ -94,20 +107,34 @@ def run_needles(stream: dict[str, Any], cap_fraction: float = 0.01, ratio: float
         (hits,) = mem.search(heads[n0], k=5)
         ranked = [hit.segment.id for hit in hits]
         rank = min((ranked.index(s) + 1 for s in sids if s in ranked), default=None)
-        rows[name] = {"time": [n0, n1], "segments": sids, "survived": survived, "coverage_mean": cov[0],
-                      "coverage_p5": cov[1], "rank": rank, "tokens": sum(infos[s].tokens for s in sids)}
+        rows[name] = {
+            "time": [n0, n1],
+            "segments": sids,
+            "survived": survived,
+            "coverage_mean": cov[0],
+            "coverage_p5": cov[1],
+            "rank": rank,
+            "tokens": sum(infos[s].tokens for s in sids),
+        }
     stats = mem.stats()
     timeline = [{"start": s.start, "end": s.end, "tokens": s.tokens, "evicted": s.evicted} for s in mem.timeline()]
     mem.close()
     n = len(rows)
     return {
-        "hours": total / 3600, "segments": len(bounds) - 1, "cap_tokens": cap, "max_tokens_held": max_held,
-        "ratio": ratio, "compressor": compressor, "ingest_seconds": ingest_s,
+        "hours": total / 3600,
+        "segments": len(bounds) - 1,
+        "cap_tokens": cap,
+        "max_tokens_held": max_held,
+        "ratio": ratio,
+        "compressor": compressor,
+        "ingest_seconds": ingest_s,
         "survived": sum(r["survived"] for r in rows.values()) / n,
         "recall_at_1": sum(r["rank"] == 1 for r in rows.values()) / n,
         "recall_at_5": sum(r["rank"] is not None for r in rows.values()) / n,
         "coverage_mean": float(np.mean([r["coverage_mean"] for r in rows.values()])),
         "coverage_p5": float(np.mean([r["coverage_p5"] for r in rows.values()])),
-        "segments_live": stats.segments_live, "segments_evicted": stats.segments_evicted,
-        "needles": rows, "timeline": timeline,
+        "segments_live": stats.segments_live,
+        "segments_evicted": stats.segments_evicted,
+        "needles": rows,
+        "timeline": timeline,
     }

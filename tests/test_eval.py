@@ -10,10 +10,15 @@ from streamvid.eval.metrics import attention_fidelity, coverage
 
 def published_state_dict() -> dict[str, torch.Tensor]:
     """Random tensors under the key layout of the published Lite0 checkpoint."""
+
     def bn(prefix, c):
-        return {f"{prefix}.weight": torch.rand(c) + 0.5, f"{prefix}.bias": torch.randn(c) * 0.1,
-                f"{prefix}.running_mean": torch.randn(c) * 0.1, f"{prefix}.running_var": torch.rand(c) + 0.5,
-                f"{prefix}.num_batches_tracked": torch.tensor(0)}
+        return {
+            f"{prefix}.weight": torch.rand(c) + 0.5,
+            f"{prefix}.bias": torch.randn(c) * 0.1,
+            f"{prefix}.running_mean": torch.randn(c) * 0.1,
+            f"{prefix}.running_var": torch.rand(c) + 0.5,
+            f"{prefix}.num_batches_tracked": torch.tensor(0),
+        }
 
     sd = {"_conv_stem.weight": torch.randn(32, 3, 3, 3) * 0.1, **bn("_bn0", 32)}
     for i, (k, _s, e, cin, cout) in enumerate(BLOCKS):

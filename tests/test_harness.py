@@ -17,13 +17,32 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("harness")
     color_video(root / "a.mp4", [("red", 4.0), ("green", 4.0)])
     color_video(root / "b.mp4", [("blue", 6.0)])
-    (root / "questions.json").write_text(json.dumps([
-        {"video": "a.mp4", "question": "What colour comes first?", "options": ["red", "green"], "answer": "A",
-         "time": 3.0},
-        {"video": "a.mp4", "question": "What colour comes last?", "options": ["red", "green"], "answer": 1,
-         "time": 7.5},
-        {"video": "b.mp4", "question": "What colour is it?", "options": ["red", "green", "blue"], "answer": "C"},
-    ]))
+    (root / "questions.json").write_text(
+        json.dumps(
+            [
+                {
+                    "video": "a.mp4",
+                    "question": "What colour comes first?",
+                    "options": ["red", "green"],
+                    "answer": "A",
+                    "time": 3.0,
+                },
+                {
+                    "video": "a.mp4",
+                    "question": "What colour comes last?",
+                    "options": ["red", "green"],
+                    "answer": 1,
+                    "time": 7.5,
+                },
+                {
+                    "video": "b.mp4",
+                    "question": "What colour is it?",
+                    "options": ["red", "green", "blue"],
+                    "answer": "C",
+                },
+            ]
+        )
+    )
     llm = load_adapter(str(tiny_llava(root / "llava")), device="cpu", dtype=torch.float32)
     return root, llm
 
@@ -32,8 +51,15 @@ def test_three_question_file_end_to_end(setup):
     root, llm = setup
     questions = load_questions(root / "questions.json")
     assert [q["answer"] for q in questions] == ["A", "B", "C"]
-    report = run_harness(llm, questions, modes=("full", "infomerge@0.25", "streaming@0.25"), frames=8, fps=2,
-                         cap_tokens=200, max_new_tokens=3)
+    report = run_harness(
+        llm,
+        questions,
+        modes=("full", "infomerge@0.25", "streaming@0.25"),
+        frames=8,
+        fps=2,
+        cap_tokens=200,
+        max_new_tokens=3,
+    )
     assert report["questions"] == 3
     assert set(report["accuracy"]) == {"full", "infomerge@0.25", "streaming@0.25"}
     for mode, records in report["records"].items():

@@ -22,10 +22,6 @@ SPECIALS = [
     "<|image_pad|>",
     "<|video_pad|>",
 ]
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 CORPUS = [
     "What happens in the video? A person walks across the plaza and a car drives by.",
     "When does the red square appear? It appears at 00:00:12 and leaves at 00:00:20.",
@@ -34,21 +30,9 @@ CORPUS = [
 
 
 def make_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
+    from streamvid.models.testing import bpe_tokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(CORPUS, trainer)
-    tok = Qwen2Tokenizer(
-        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None, bos_token=None
-    )
-    tok.chat_template = CHATML
-    return tok
+    return bpe_tokenizer(CORPUS, SPECIALS)
 
 
 def _text_config(vocab: int, eos: int) -> dict:

@@ -65,8 +65,9 @@ def _metrics(grid: TokenGrid, name: str, ratio: float) -> dict[str, float]:
     return row
 
 
-def run_fidelity(videos: dict[str, Path], ratios: tuple[float, ...] = (0.15, 0.10, 0.05), frames: int = 32,
-                 progress: Any = None) -> dict[str, Any]:
+def run_fidelity(
+    videos: dict[str, Path], ratios: tuple[float, ...] = (0.15, 0.10, 0.05), frames: int = 32, progress: Any = None
+) -> dict[str, Any]:
     from streamvid.eval.efficientnet import load_pretrained
 
     say = progress.log if progress is not None else (lambda *_: None)

@@ -62,4 +62,3 @@ def coverage(
     else:
         sims = (x * y[owner.to(x.device)]).sum(dim=-1)
     return float(sims.mean()), float(torch.quantile(sims, 0.05))
-

@@ -46,23 +46,16 @@ def qwen2_shape(size: str) -> dict[str, Any]:
 def build_llava_with_lm(size: str, device: torch.device, dtype: torch.dtype):
     """A LLaVA-OneVision adapter whose LM has the given Qwen2 shape (tiny vision tower: the
     benchmark feeds visual tokens directly)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Tokenizer
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     from streamvid.models.llava_onevision import LlavaOneVision
+    from streamvid.models.testing import bpe_tokenizer
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(
+    tokenizer = bpe_tokenizer(
         ["What happens in the video? When does the car stop?"] * 10,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=["<|im_start|>", "<|im_end|>", "<video>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
+        ["<|im_start|>", "<|im_end|>", "<video>"],
+        vocab_size=300,
     )
-    tokenizer = Qwen2Tokenizer(tokenizer_object=bpe, eos_token="<|im_end|>", unk_token=None, bos_token=None)
     config = LlavaOnevisionConfig(
         text_config={"model_type": "qwen2", **qwen2_shape(size), "max_position_embeddings": 32768},
         vision_config=dict(
@@ -139,8 +132,10 @@ def run_prefill_benchmark(
         llm = build_llava_with_lm(size, dev, dtype)
         hidden = llm.model.config.text_config.hidden_size
         gen = torch.Generator().manual_seed(0)
-        tokens = torch.randn(frames, 14, 14, hidden, generator=gen) * 0.02
-        tokens += 0.02 * torch.randn(1, 14, 14, hidden, generator=gen)  # a shared background
+        # the temporal coherence of real video: 4 scenes, each frame its scene plus 10% variation
+        scenes = torch.randn(4, 1, 14, 14, hidden, generator=gen) * 0.02
+        tokens = scenes.repeat_interleave(frames // 4, dim=0).reshape(frames, 14, 14, hidden)
+        tokens = tokens + 0.002 * torch.randn(frames, 14, 14, hidden, generator=gen)
         grid = TokenGrid(tokens.to(dev, dtype), torch.arange(frames, dtype=torch.float64) * 0.5)
 
         keep = create_compressor("keep_all").compress(grid, boundaries=[0, frames])

@@ -179,8 +179,8 @@ class VideoLLM(ABC):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def timestamp_ids(self, segment: CompressedSegment) -> list[int]:
-        """The short text put before each segment: 'hh:mm:ss-hh:mm:ss' of its time range."""
-        return self._ids(f"{_clock(segment.start_time)}-{_clock(segment.end_time)} ")
+        """The short text put before each segment: its start time, '[m:ss] ' (or '[h:mm:ss] ')."""
+        return self._ids(f"[{_clock(segment.start_time)}] ")
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         """[n] token ids -> [n, H] input embeddings."""
@@ -318,12 +318,18 @@ class VideoLLM(ABC):
         ):
             ids.append(token)
             if on_text is not None:
+                # byte-level BPE can rewrite the last characters as more bytes arrive: only text up
+                # to the last whitespace is final; the rest is sent at the end
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                if len(text) > len(shown) and not text.endswith("\ufffd"):
-                    on_text(text[len(shown) :])
-                    shown = text
+                stable = max(text.rfind(" "), text.rfind("\n")) + 1
+                if stable > len(shown):
+                    on_text(text[len(shown) : stable])
+                    shown = text[:stable]
+        final = self.tokenizer.decode(ids, skip_special_tokens=True)
+        if on_text is not None and len(final) > len(shown):
+            on_text(final[len(shown) :])
         return Generation(
-            text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            text=final,
             token_ids=ids,
             prompt_tokens=prefill.length,
             prefill_seconds=timings.get("prefill_seconds", 0.0),
@@ -334,7 +340,7 @@ class VideoLLM(ABC):
 
 def _clock(seconds: float) -> str:
     s = max(0, int(round(seconds)))
-    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
