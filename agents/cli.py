@@ -6,6 +6,7 @@ import hashlib
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -124,9 +125,10 @@ def watch(
     cap_tokens: Annotated[int | None, typer.Option(help="global cap on tokens held")] = None,
     fps: Annotated[float | None, typer.Option(help="frames sampled per second")] = None,
     stream: Annotated[str, typer.Option(help="stream id")] = "camera",
+    duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: Ctrl-C)")] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Ingest a live source until Ctrl-C (frames are dropped, never the source blocked)."""
+    """Ingest a live source until Ctrl-C or --duration (frames are dropped, never the source blocked)."""
     try:
         settings = _settings(memory, model=model, embedder=embedder, fps=fps)
         pipeline, _, mem, _ = _ingest(url, memory, settings, cap_tokens, device, stream, live=True)
@@ -134,10 +136,13 @@ def watch(
         _fail(err)
     stop = threading.Event()
     previous = signal.signal(signal.SIGINT, lambda *_: (pipeline.stop(), stop.set()))
+    deadline = None if duration is None else time.monotonic() + duration
     try:
         pipeline.start()
-        while not stop.wait(1.0) and pipeline.running:
-            pass
+        while not stop.wait(0.5) and pipeline.running:
+            if deadline is not None and time.monotonic() >= deadline:
+                pipeline.stop()
+                break
         stats = pipeline.join(timeout=60)
     except StreamvidError as err:
         _fail(err)

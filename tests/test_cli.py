@@ -112,3 +112,35 @@ def test_bad_paths_and_urls_give_one_line_errors(setup, tmp_path):
         errors = [line for line in result.output.splitlines() if "error:" in line]
         assert len(errors) == 1 and errors[0].split("error:")[1].strip(), result.output
         assert "Traceback" not in result.output
+
+
+def test_watch_a_live_stream_for_a_while(setup, tmp_path):
+    from media import server_script
+    from test_ingest_live import free_port, start_server
+
+    port = free_port()
+    server = start_server(server_script(tmp_path), port)
+    try:
+        result = run(
+            "watch",
+            f"tcp://127.0.0.1:{port}",
+            "--memory",
+            tmp_path / "live",
+            "--model",
+            setup["llava"],
+            "--embedder",
+            "none",
+            "--fps",
+            4,
+            "--duration",
+            4,
+            "--device",
+            "cpu",
+        )
+    finally:
+        server.kill()
+        server.wait(10)
+    assert result.exit_code == 0, result.output
+    assert "stopped:" in result.output and "segments" in result.output
+    inspect = run("inspect", tmp_path / "live")
+    assert inspect.exit_code == 0 and "camera" in inspect.output
