@@ -77,14 +77,7 @@ def build_llava_with_lm(size: str, device: torch.device, dtype: torch.dtype):
 def _prefill(llm: Any, question: str, segments: list) -> int:
     """Assemble and run the prefill (logits for the last position only). Returns its length."""
     pre = llm.build_prefill(question, segments)
-    with torch.inference_mode():
-        llm.model(
-            inputs_embeds=pre.inputs_embeds,
-            attention_mask=pre.attention_mask,
-            position_ids=pre.position_ids,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+    llm.run_prefill(pre)
     return pre.length
 
 

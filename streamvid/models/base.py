@@ -227,6 +227,20 @@ class VideoLLM(ABC):
 
     # -- stage 3: generate ------------------------------------------------------------------
 
+    def run_prefill(self, prefill: Prefill) -> Any:
+        """One forward pass over the prompt with a KV cache; logits for the last position only.
+
+        This is exactly the prefill that generation runs (benchmarks time it alone).
+        """
+        with torch.inference_mode():
+            return self.model(
+                inputs_embeds=prefill.inputs_embeds,
+                attention_mask=prefill.attention_mask,
+                position_ids=prefill.position_ids,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+
     def next_positions(self, prefill: Prefill, step: int) -> torch.Tensor:
         """Position ids of the step-th generated token (after the prompt)."""
         nxt = int(prefill.position_ids.max()) + 1 + step
@@ -257,13 +271,7 @@ class VideoLLM(ABC):
         mask = prefill.attention_mask
         with torch.inference_mode():
             t0 = time.perf_counter()
-            out = self.model(
-                inputs_embeds=prefill.inputs_embeds,
-                attention_mask=mask,
-                position_ids=prefill.position_ids,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            out = self.run_prefill(prefill)
             logits = out.logits[:, -1].float()
             _sync(self.device)
             if timings is not None:
