@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from agents.qa import VideoQA
+from bench.random_models import build_llava_with_lm
 from memory import TokenMemory
 from memory.bench import synthetic_segment, unit_keys
-from streamvid.eval.prefill_speed import build_llava_with_lm
 
 
 class _KeyEmbedder:

@@ -6,6 +6,7 @@ wrong shape fails where it is made rather than three stages later.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -60,6 +61,12 @@ class TokenGrid:
     """Visual tokens of a clip in the LLM's embedding space.
 
     tokens: [T, h, w, D]; timestamps: float64 [T]; saliency: optional [T, h, w].
+    saliency_source: which signal produced ``saliency`` (recorded with every result,
+    e.g. ``"siglip-head"``, ``"feature-norm"``); ``"none"`` when there is none.
+    scores: further named per-token maps [T, h, w] an encoder can give, for the
+    compressors that use them (see docs/algorithms.md), e.g. ``"attn_received"``
+    (attention each token receives in the tower's last layer, heads averaged)
+    and ``"attn_received_late"`` (the same in a late layer).
     """
 
     tokens: torch.Tensor
@@ -67,6 +74,8 @@ class TokenGrid:
     saliency: torch.Tensor | None = None
     stream_id: str = "default"
     segment_index: int = 0
+    saliency_source: str = "none"
+    scores: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 4:
@@ -85,6 +94,11 @@ class TokenGrid:
             raise ShapeError(
                 f"saliency must be [T, h, w] = {list(self.tokens.shape[:3])}, got {list(self.saliency.shape)}"
             )
+        for name, score in self.scores.items():
+            if tuple(score.shape) != tuple(self.tokens.shape[:3]):
+                raise ShapeError(
+                    f"score map {name!r} must be [T, h, w] = {list(self.tokens.shape[:3])}, got {list(score.shape)}"
+                )
 
     @property
     def num_frames(self) -> int:
@@ -104,11 +118,12 @@ class TokenGrid:
 
     def slice(self, start: int, stop: int, segment_index: int | None = None) -> TokenGrid:
         """Frames [start, stop) as a grid of their own."""
-        return TokenGrid(
+        return replace(
+            self,
             tokens=self.tokens[start:stop],
             timestamps=self.timestamps[start:stop],
             saliency=None if self.saliency is None else self.saliency[start:stop],
-            stream_id=self.stream_id,
+            scores={k: v[start:stop] for k, v in self.scores.items()},
             segment_index=self.segment_index if segment_index is None else segment_index,
         )
 

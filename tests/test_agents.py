@@ -5,10 +5,10 @@ import torch
 from agent_helpers import ColorEmbedder, color_video
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, ToolMessage
-from tiny_models import tiny_llava
 
 from agents import SegmentIndexer, VideoQA, parse_clock, parse_time_range
 from agents.langchain import VideoMemoryTool, VideoMomentRetriever, VideoSearchTool
+from bench.random_models import tiny_llava
 from memory import TokenMemory
 from streamvid import ConfigError, create_compressor
 from streamvid.embedders import NoEmbedder, key_frame_indices

@@ -3,10 +3,10 @@
 import pytest
 import torch
 from agent_helpers import color_video
-from tiny_models import tiny_llava, tiny_siglip
 from typer.testing import CliRunner
 
 from agents.cli import app
+from bench.random_models import tiny_llava, tiny_siglip
 from streamvid.embedders import HFEmbedder, load_embedder
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from agent_helpers import color_video
-from tiny_models import tiny_llava
+
+from bench.random_models import tiny_llava
 
 ROOT = Path(__file__).resolve().parents[1]
 

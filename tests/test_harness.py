@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 from agent_helpers import color_video
-from tiny_models import tiny_llava
 
 from agents.harness import load_questions, mc_prompt, parse_choice, run_harness
+from bench.random_models import tiny_llava
 from streamvid import ConfigError
 from streamvid.models import load_adapter
 

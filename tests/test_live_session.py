@@ -6,9 +6,9 @@ import pytest
 import torch
 from media import server_script
 from test_ingest_live import free_port, start_server
-from tiny_models import tiny_llava
 
 from agents import LiveSession
+from bench.random_models import tiny_llava
 from memory import TokenMemory
 from streamvid import create_compressor
 from streamvid.embedders import NoEmbedder

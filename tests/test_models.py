@@ -1,12 +1,14 @@
 """Video-LLM adapters on tiny random checkpoints saved to disk and loaded back normally."""
 
 import sys
+import threading
+import types
 
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_llava, tiny_qwen
 
+from bench.random_models import tiny_llava, tiny_qwen
 from streamvid import BudgetError, ConfigError, EmptyInputError, ShapeError, UnknownNameError, create_compressor
 from streamvid.models import list_adapters, load_adapter
 from streamvid.models.base import Generation
@@ -128,6 +130,11 @@ def test_compressed_prefill_length_positions_and_generation(adapters, name):
     extra = 1 if name == "llava" else 2 * len(segments)  # newline, or <start>/<end> per segment
     assert prefill.length == len(before) + len(after) + ts_len + kept + extra
     assert prefill.visual_tokens == kept + (1 if name == "llava" else 0)
+    # the planned length is the built length, for real segments and for bare (start, budget) plans
+    assert llm.prefill_length("When does it change?", segments) == prefill.length
+    plan = [types.SimpleNamespace(start_time=s.start_time, budget=s.budget) for s in segments]
+    assert llm.prefill_length("When does it change?", plan) == prefill.length
+    assert llm.context_length == 4096
     # segments are laid out in time order, each span holding exactly its tokens
     for (a, b), seg in zip(prefill.segment_spans, ordered):
         assert torch.equal(prefill.inputs_embeds[0, a:b], seg.tokens.to(llm.dtype))
@@ -202,3 +209,16 @@ def test_qwen_patchify_matches_the_reference_layout():
     assert torch.equal(patches[1], x[:, :, :14, 14:28].permute(1, 0, 2, 3).reshape(-1))
     # the third row starts the block's second patch row
     assert torch.equal(patches[2], x[:, :, 14:28, :14].permute(1, 0, 2, 3).reshape(-1))
+
+
+def test_the_adapter_lock_serialises_model_use(adapters):
+    """While one thread holds the adapter's lock, another thread's encode waits for it."""
+    llm = adapters["llava"]
+    frames, times = frames_for("llava", count=2)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (llm.encode(frames, times), done.set()))
+    with llm.lock:
+        worker.start()
+        assert not done.wait(0.5)  # blocked behind the lock we hold
+    worker.join(timeout=60)
+    assert done.is_set()

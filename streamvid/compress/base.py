@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -68,7 +69,8 @@ class Compressor(ABC):
         if not isinstance(grid, TokenGrid):
             raise ShapeError(f"compress takes a TokenGrid, got {type(grid).__name__}")
         if saliency is not None:
-            grid = TokenGrid(grid.tokens, grid.timestamps, saliency, grid.stream_id, grid.segment_index)
+            grid = replace(grid, saliency=saliency)
+            grid.__post_init__()  # validate the new saliency's shape
         if self.config.device is not None:
             grid = _to_device(grid, torch.device(self.config.device))
         if boundaries is not None:
@@ -90,7 +92,8 @@ class Compressor(ABC):
 
 def _to_device(grid: TokenGrid, device: torch.device) -> TokenGrid:
     sal = None if grid.saliency is None else grid.saliency.to(device)
-    return TokenGrid(grid.tokens.to(device), grid.timestamps, sal, grid.stream_id, grid.segment_index)
+    scores = {k: v.to(device) for k, v in grid.scores.items()}
+    return replace(grid, tokens=grid.tokens.to(device), saliency=sal, scores=scores)
 
 
 def _check_boundaries(boundaries: Sequence[int], num_frames: int) -> list[int]:

@@ -17,44 +17,15 @@ from typing import Any
 
 import torch
 
+from bench.random_models import siglip_so400m_encoder
 from streamvid.compress import create_compressor, list_compressors
 from streamvid.errors import ConfigError
 from streamvid.types import TokenGrid
 
-__all__ = ["run_compression_benchmark", "print_report", "siglip_so400m_encoder"]
+__all__ = ["run_compression_benchmark", "print_report"]
 
 RATIOS = (0.25, 0.15, 0.10, 0.05)
 DIMS = (896, 3584)
-
-
-def siglip_so400m_encoder(llm_dim: int, device: torch.device, dtype: torch.dtype):
-    """SigLIP-so400m/14 @ 384 vision tower + 2-layer GELU projector, random weights."""
-    from transformers import SiglipVisionConfig, SiglipVisionModel
-
-    config = SiglipVisionConfig(
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-        image_size=384,
-        patch_size=14,
-    )
-    tower = SiglipVisionModel(config).to(device=device, dtype=dtype).eval()
-    projector = torch.nn.Sequential(
-        torch.nn.Linear(1152, llm_dim), torch.nn.GELU(), torch.nn.Linear(llm_dim, llm_dim)
-    ).to(device=device, dtype=dtype)
-
-    @torch.inference_mode()
-    def encode(pixels: torch.Tensor) -> torch.Tensor:
-        """pixels: [B, 3, 384, 384] -> tokens [B, 14, 14, D]."""
-        hidden = tower(pixel_values=pixels).last_hidden_state  # (B, 729, 1152)
-        x = projector(hidden)  # (B, 729, D)
-        b = x.shape[0]
-        x = x.reshape(b, 27, 27, llm_dim).permute(0, 3, 1, 2)  # (B, D, 27, 27)
-        x = torch.nn.functional.interpolate(x, size=(14, 14), mode="bilinear")  # LLaVA-OV pooling
-        return x.permute(0, 2, 3, 1)  # (B, 14, 14, D)
-
-    return encode
 
 
 def _encode_all(encode, pixels: torch.Tensor, batch: int = 4) -> torch.Tensor:

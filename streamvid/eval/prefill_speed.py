@@ -14,64 +14,12 @@ from typing import Any
 
 import torch
 
+from bench.random_models import build_llava_with_lm
 from streamvid.compress import create_compressor
 from streamvid.errors import ConfigError
 from streamvid.types import TokenGrid
 
-__all__ = ["run_prefill_benchmark", "qwen2_shape", "build_llava_with_lm"]
-
-
-def qwen2_shape(size: str) -> dict[str, Any]:
-    if size == "0.5b":
-        return dict(
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            vocab_size=151936,
-        )
-    if size == "7b":
-        return dict(
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            vocab_size=152064,
-        )
-    raise ConfigError(f"unknown LM size {size!r}; use '0.5b' or '7b'")
-
-
-def build_llava_with_lm(size: str, device: torch.device, dtype: torch.dtype):
-    """A LLaVA-OneVision adapter whose LM has the given Qwen2 shape (tiny vision tower: the
-    benchmark feeds visual tokens directly)."""
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-
-    from streamvid.models.llava_onevision import LlavaOneVision
-    from streamvid.models.testing import bpe_tokenizer
-
-    tokenizer = bpe_tokenizer(
-        ["What happens in the video? When does the car stop?"] * 10,
-        ["<|im_start|>", "<|im_end|>", "<video>"],
-        vocab_size=300,
-    )
-    config = LlavaOnevisionConfig(
-        text_config={"model_type": "qwen2", **qwen2_shape(size), "max_position_embeddings": 32768},
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-        ),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
-    )
-    with torch.device(device):
-        model = LlavaOnevisionForConditionalGeneration(config).to(dtype)
-    return LlavaOneVision(model, tokenizer, {})
+__all__ = ["run_prefill_benchmark"]
 
 
 def _prefill(llm: Any, question: str, segments: list) -> int:

@@ -3,25 +3,46 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 
+from streamvid.clock import format_clock
 from streamvid.errors import BudgetError, ConfigError, EmptyInputError, ShapeError
 from streamvid.types import CompressedSegment, TokenGrid
 
-__all__ = ["Capabilities", "Prefill", "Generation", "VideoLLM", "default_device_dtype", "check_frames"]
+__all__ = [
+    "CHATML",
+    "Capabilities",
+    "Prefill",
+    "Generation",
+    "VideoLLM",
+    "SegmentLike",
+    "default_device_dtype",
+    "check_frames",
+]
 
 _PLACEHOLDER = "\u2063STREAMVID_VIDEO\u2063"  # never produced by a user; split point of the prompt
-_CHATML = (
+# the template used when a checkpoint's tokenizer has none (Qwen-family checkpoints speak ChatML)
+CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+class SegmentLike(Protocol):
+    """What prompt layout needs of a segment: its start time and token count."""
+
+    start_time: float
+
+    @property
+    def budget(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -126,6 +147,14 @@ class VideoLLM(ABC):
         self.processor_config = processor_config
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
+        # one model, many threads (ingest and questions): every stage that runs the model holds this
+        self.lock = threading.RLock()
+
+    @property
+    def context_length(self) -> int | None:
+        """The language model's context window in tokens (None when the config does not say)."""
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return int(limit) if limit else None
 
     @classmethod
     def from_pretrained(
@@ -153,9 +182,21 @@ class VideoLLM(ABC):
 
     # -- stage 1: encode ---------------------------------------------------------------
 
+    def encode(self, frames: Any, timestamps: Any, *, batch_size: int | None = None) -> TokenGrid:
+        """uint8 [T, H, W, 3] frames + [T] seconds -> visual tokens [T', h, w, D] with saliency.
+
+        Holds :attr:`lock` while the tower runs; ``batch_size`` frames go through it at once
+        (default: the adapter's own).
+        """
+        frames, times = check_frames(frames, timestamps)
+        with self.lock, torch.inference_mode():
+            return self._encode(frames, times, batch_size or self.encode_batch_size)
+
+    encode_batch_size: ClassVar[int] = 8
+
     @abstractmethod
-    def encode(self, frames: Any, timestamps: Any, *, batch_size: int = 8) -> TokenGrid:
-        """uint8 [T, H, W, 3] frames + [T] seconds -> visual tokens [T', h, w, D] with saliency."""
+    def _encode(self, frames: torch.Tensor, times: torch.Tensor, batch_size: int) -> TokenGrid:
+        """Checked uint8 [T, H, W, 3] frames and float64 [T] seconds -> TokenGrid."""
 
     # -- stage 2: prefill -----------------------------------------------------------------
 
@@ -168,7 +209,7 @@ class VideoLLM(ABC):
         for q, a in history:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         messages.append({"role": "user", "content": f"{_PLACEHOLDER}\n{question}"})
-        template = self.tokenizer.chat_template or _CHATML
+        template = self.tokenizer.chat_template or CHATML
         text = self.tokenizer.apply_chat_template(
             messages, chat_template=template, tokenize=False, add_generation_prompt=True
         )
@@ -178,9 +219,9 @@ class VideoLLM(ABC):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def timestamp_ids(self, segment: CompressedSegment) -> list[int]:
+    def timestamp_ids(self, segment: SegmentLike) -> list[int]:
         """The short text put before each segment: its start time, '[m:ss] ' (or '[h:mm:ss] ')."""
-        return self._ids(f"[{_clock(segment.start_time)}] ")
+        return self._ids(f"[{format_clock(segment.start_time)}] ")
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         """[n] token ids -> [n, H] input embeddings."""
@@ -192,6 +233,26 @@ class VideoLLM(ABC):
         self, before: list[int], after: list[int], segments: Sequence[CompressedSegment], timestamps: bool
     ) -> Prefill:
         """Lay out text and segment tokens; compute positions."""
+
+    @abstractmethod
+    def visual_block_length(self, segments: Sequence[SegmentLike], timestamps: bool = True) -> int:
+        """Tokens the video part of the prompt takes for these segments (time texts, markers, tokens)."""
+
+    def prefill_length(
+        self,
+        question: str,
+        segments: Sequence[SegmentLike],
+        *,
+        timestamps: bool = True,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> int:
+        """Length of the prompt :meth:`build_prefill` would build, without building it.
+
+        ``segments`` only need ``start_time`` and ``budget``, so a caller can plan how many
+        tokens each segment may keep before merging anything.
+        """
+        before, after = self.prompt_parts(question, history)
+        return len(before) + len(after) + self.visual_block_length(segments, timestamps)
 
     def build_prefill(
         self,
@@ -232,7 +293,7 @@ class VideoLLM(ABC):
 
         This is exactly the prefill that generation runs (benchmarks time it alone).
         """
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             return self.model(
                 inputs_embeds=prefill.inputs_embeds,
                 attention_mask=prefill.attention_mask,
@@ -269,7 +330,7 @@ class VideoLLM(ABC):
         if seed is not None:
             gen.manual_seed(seed)
         mask = prefill.attention_mask
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():  # released when the generator finishes or is closed
             t0 = time.perf_counter()
             out = self.run_prefill(prefill)
             logits = out.logits[:, -1].float()
@@ -344,11 +405,6 @@ class VideoLLM(ABC):
             decode_seconds=timings.get("decode_seconds", 0.0),
             stopped_by="eos" if ids and ids[-1] in eos else "length",
         )
-
-
-def _clock(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -7,12 +7,11 @@ one ``image_newline`` embedding closes the visual block; positions are contiguou
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from streamvid.models.base import Capabilities, Prefill, VideoLLM, check_frames
+from streamvid.models.base import Capabilities, Prefill, SegmentLike, VideoLLM
 from streamvid.models.preprocess import normalize, resize_frames
 from streamvid.types import CompressedSegment, TokenGrid
 
@@ -41,25 +40,28 @@ class LlavaOneVision(VideoLLM):
         )
         return x.to(self.device, self.dtype)
 
-    def encode(self, frames: Any, timestamps: Any, *, batch_size: int = 8) -> TokenGrid:
-        frames, times = check_frames(frames, timestamps)
+    def _encode(self, frames: torch.Tensor, times: torch.Tensor, batch_size: int) -> TokenGrid:
         cfg = self.model.config
         tokens, saliency = [], []
-        with torch.inference_mode():
-            for i in range(0, frames.shape[0], batch_size):
-                pixels = self.pixel_values(frames[i : i + batch_size])  # (B, 3, S, S)
-                out = self.model.model.get_video_features(
-                    pixels[None],
-                    vision_feature_layer=cfg.vision_feature_layer,
-                    vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-                    return_dict=True,
-                )
-                b = pixels.shape[0]
-                feats = out.pooler_output[0, :-1]  # drop the newline: (B * h * w, D)
-                side = int(round((feats.shape[0] / b) ** 0.5))
-                tokens.append(feats.reshape(b, side, side, -1))
-                saliency.append(self._saliency(out.last_hidden_state, side))
-        return TokenGrid(torch.cat(tokens), times, torch.cat(saliency))
+        for i in range(0, frames.shape[0], batch_size):
+            pixels = self.pixel_values(frames[i : i + batch_size])  # (B, 3, S, S)
+            out = self.model.model.get_video_features(
+                pixels[None],
+                vision_feature_layer=cfg.vision_feature_layer,
+                vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+                return_dict=True,
+            )
+            b = pixels.shape[0]
+            feats = out.pooler_output[0, :-1]  # drop the newline: (B * h * w, D)
+            side = int(round((feats.shape[0] / b) ** 0.5))
+            tokens.append(feats.reshape(b, side, side, -1))
+            saliency.append(self._saliency(out.last_hidden_state, side))
+        return TokenGrid(torch.cat(tokens), times, torch.cat(saliency), saliency_source=self.saliency_source)
+
+    @property
+    def saliency_source(self) -> str:
+        vision = getattr(self.model.model.vision_tower, "vision_model", None)
+        return "siglip-head" if getattr(vision, "head", None) is not None else "vision-feature-norm"
 
     def _saliency(self, hidden: torch.Tensor, side: int) -> torch.Tensor:
         """[B, P, C] last vision states -> [B, side, side] saliency on the pooled grid."""
@@ -74,6 +76,10 @@ class LlavaOneVision(VideoLLM):
         grid = int(round(score.shape[1] ** 0.5))
         score = score[:, -grid * grid :].reshape(-1, 1, grid, grid).float()
         return F.interpolate(score, size=(side, side), mode="bilinear")[:, 0]
+
+    def visual_block_length(self, segments: Sequence[SegmentLike], timestamps: bool = True) -> int:
+        text = sum(len(self.timestamp_ids(s)) for s in segments) if timestamps else 0
+        return text + sum(s.budget for s in segments) + 1  # + the closing image_newline
 
     def _assemble(
         self, before: list[int], after: list[int], segments: Sequence[CompressedSegment], timestamps: bool

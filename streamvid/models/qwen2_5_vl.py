@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from streamvid.models.base import Capabilities, Prefill, VideoLLM, check_frames
+from streamvid.models.base import Capabilities, Prefill, SegmentLike, VideoLLM
 from streamvid.models.preprocess import normalize, qwen_patchify, resize_frames, smart_resize
 from streamvid.types import CompressedSegment, TokenGrid
 
@@ -57,28 +57,32 @@ class Qwen25VL(VideoLLM):
         patches, grid = qwen_patchify(x, patch, merge, temporal)
         return patches.to(self.device, self.dtype), torch.tensor([grid], device=self.device)
 
-    def encode(self, frames: Any, timestamps: Any, *, batch_size: int = 16) -> TokenGrid:
+    encode_batch_size = 16
+
+    def _encode(self, frames: torch.Tensor, times: torch.Tensor, batch_size: int) -> TokenGrid:
         """Tokens [ceil(T/2), h, w, D]; the timestamp of a temporal token is its first frame's."""
-        frames, times = check_frames(frames, timestamps)
         temporal, merge = self._vision.temporal_patch_size, self._vision.spatial_merge_size
         batch = max(temporal, batch_size - batch_size % temporal)
         tokens = []
-        with torch.inference_mode():
-            for i in range(0, frames.shape[0], batch):
-                pixels, grid = self.pixel_values(frames[i : i + batch])
-                out = self.model.model.get_video_features(pixels, grid, return_dict=True)
-                feats = torch.cat(list(out.pooler_output))  # (gt * gh/m * gw/m, D)
-                gt, gh, gw = grid[0].tolist()
-                tokens.append(feats.reshape(gt, gh // merge, gw // merge, -1))
+        for i in range(0, frames.shape[0], batch):
+            pixels, grid = self.pixel_values(frames[i : i + batch])
+            out = self.model.model.get_video_features(pixels, grid, return_dict=True)
+            feats = torch.cat(list(out.pooler_output))  # (gt * gh/m * gw/m, D)
+            gt, gh, gw = grid[0].tolist()
+            tokens.append(feats.reshape(gt, gh // merge, gw // merge, -1))
         grid_tokens = torch.cat(tokens)
         saliency = grid_tokens.float().norm(dim=-1)
-        return TokenGrid(grid_tokens, times[::temporal], saliency)
+        return TokenGrid(grid_tokens, times[::temporal], saliency, saliency_source="merged-token-norm")
 
     def seconds_per_token_step(self, segment: CompressedSegment) -> float:
         """Seconds between temporal tokens of a segment (its frame_count counts temporal tokens)."""
         if segment.frame_count > 1:
             return (segment.end_time - segment.start_time) / (segment.frame_count - 1)
         return float(self._vision.temporal_patch_size)  # one step: assume 1 fps sampling
+
+    def visual_block_length(self, segments: Sequence[SegmentLike], timestamps: bool = True) -> int:
+        text = sum(len(self.timestamp_ids(s)) for s in segments) if timestamps else 0
+        return text + sum(s.budget + 2 for s in segments)  # + <|vision_start|> and <|vision_end|>
 
     def _assemble(
         self, before: list[int], after: list[int], segments: Sequence[CompressedSegment], timestamps: bool

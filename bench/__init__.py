@@ -1,0 +1,1 @@
+"""Everything that measures: benchmarks, quality readouts, the evaluation suite."""
