@@ -1,23 +1,25 @@
-"""Question answering over a token memory, live sessions and the LangChain tools.
+"""Question answering over a token memory, the write path, live sessions and the LangChain tools.
 
-Imports flow one way: ``agents -> memory -> streamvid``. The LangChain glue is in
-``agents.langchain`` (imported on demand).
+Imports flow one way: ``cli -> bench -> agents -> memory -> streamvid``. The LangChain glue
+is in ``agents.langchain`` (imported on demand).
 """
 
-from agents.indexer import IndexerStats, SegmentIndexer
+from agents.ingest import Ingest, IngestStage, StageStats, build_ingest
 from agents.live import LiveSession, SessionStatus, StreamStatus
 from agents.qa import Answer, UsedSegment, VideoQA
 from agents.timeparse import parse_clock, parse_time_range
 
 __all__ = [
     "Answer",
-    "IndexerStats",
+    "Ingest",
+    "IngestStage",
     "LiveSession",
-    "SegmentIndexer",
     "SessionStatus",
+    "StageStats",
     "StreamStatus",
     "UsedSegment",
     "VideoQA",
+    "build_ingest",
     "parse_clock",
     "parse_time_range",
 ]

@@ -11,7 +11,7 @@ from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.qa import VideoQA
-from agents.timeparse import format_clock
+from streamvid.clock import format_clock
 from streamvid.errors import StreamvidError
 
 __all__ = ["VideoQuestion", "VideoMemoryTool", "VideoSearchTool", "VideoMomentRetriever"]

@@ -3,18 +3,17 @@ questions about them at the same time."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agents.indexer import SegmentIndexer
+from agents.ingest import Ingest, build_ingest
 from agents.qa import Answer, VideoQA
 from memory import TokenMemory
 from streamvid.compress import Compressor
 from streamvid.embedders import Embedder
 from streamvid.errors import ConfigError
-from streamvid.ingest import IngestPipeline, Sampler, StreamingSegmenter
+from streamvid.ingest import DropPolicy
 from streamvid.models.base import VideoLLM
 
 __all__ = ["LiveSession", "StreamStatus", "SessionStatus"]
@@ -58,7 +57,7 @@ class LiveSession:
         fps: float = 1.0,
         max_size: int = 448,
         max_len: int = 16,
-        drop_policy: str = "drop_oldest",
+        drop_policy: DropPolicy = "drop_oldest",
         max_reconnects: int = 5,
         k: int = 4,
         max_new_tokens: int = 128,
@@ -68,30 +67,31 @@ class LiveSession:
         if not sources:
             raise ConfigError("a live session needs at least one source")
         self.memory = memory
-        self.model_lock = threading.Lock()
-        self.indexers: dict[str, SegmentIndexer] = {}
-        self.pipelines: dict[str, IngestPipeline] = {}
-        for stream_id, source in sources.items():
-            indexer = SegmentIndexer(llm, compressor, embedder, memory, stream_id=stream_id, model_lock=self.model_lock)
-            self.indexers[stream_id] = indexer
-            self.pipelines[stream_id] = IngestPipeline(
+        hook = None if on_segment is None else (lambda seg, sid: on_segment(seg.stream_id, sid))
+        self.ingests: dict[str, Ingest] = {
+            stream_id: build_ingest(
                 source,
-                _notify(indexer, stream_id, on_segment),
-                sampler=Sampler(fps=fps, max_size=max_size),
-                segmenter=StreamingSegmenter(max_len=max_len, stream_id=stream_id),
+                memory,
+                llm,
+                embedder,
+                compressor,
+                stream_id=stream_id,
+                fps=fps,
+                max_size=max_size,
+                max_len=max_len,
                 live=True,
                 drop_policy=drop_policy,
                 max_reconnects=max_reconnects,
-                stream_id=stream_id,
+                on_stored=hook,
             )
-        self.qa = VideoQA(
-            llm, memory, embedder, k=k, live=True, max_new_tokens=max_new_tokens, model_lock=self.model_lock
-        )
+            for stream_id, source in sources.items()
+        }
+        self.qa = VideoQA(llm, memory, embedder, k=k, live=True, max_new_tokens=max_new_tokens)
         self._started = False
 
     def start(self) -> LiveSession:
-        for pipeline in self.pipelines.values():
-            pipeline.start()
+        for job in self.ingests.values():
+            job.start()
         self._started = True
         return self
 
@@ -101,26 +101,24 @@ class LiveSession:
 
     def status(self) -> SessionStatus:
         streams = []
-        for stream_id, pipeline in self.pipelines.items():
-            s = pipeline.stats
-            error = None
-            if self._started and not pipeline.running and pipeline._result_error is not None:
-                error = str(pipeline._result_error)
+        for stream_id, job in self.ingests.items():
+            s = job.stats
+            error = str(job.error) if self._started and not job.running and job.error is not None else None
             streams.append(
                 StreamStatus(
-                    stream_id, pipeline.running, s.frames_sampled, s.frames_dropped, s.segments, s.reconnects, error
+                    stream_id, job.running, s.frames_sampled, s.frames_dropped, s.segments, s.reconnects, error
                 )
             )
-        m = self.memory.stats()
-        return SessionStatus(streams, m.tokens_held, m.token_cap, m.segments_live, m.segments_evicted)
+        live, evicted = self.memory.segment_counts()
+        return SessionStatus(streams, self.memory.tokens_held, self.memory.token_cap, live, evicted)
 
     def stop(self, timeout: float = 60.0) -> SessionStatus:
         """Stop every source (open segments are stored) and wait for the threads."""
-        for pipeline in self.pipelines.values():
-            pipeline.stop()
-        for pipeline in self.pipelines.values():
+        for job in self.ingests.values():
+            job.stop()
+        for job in self.ingests.values():
             try:
-                pipeline.join(timeout=timeout)
+                job.join(timeout=timeout)
             except TimeoutError:
                 raise
             except Exception:  # a source error: kept in status()
@@ -132,15 +130,3 @@ class LiveSession:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _notify(indexer: SegmentIndexer, stream_id: str, hook: Callable[[str, int], None] | None):
-    if hook is None:
-        return indexer
-
-    def sink(segment: Any) -> int:
-        sid = indexer(segment)
-        hook(stream_id, sid)
-        return sid
-
-    return sink

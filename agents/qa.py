@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agents.timeparse import format_clock, parse_time_range
+from agents.timeparse import parse_time_range
 from memory import SegmentInfo, TokenMemory
+from streamvid.clock import format_clock
 from streamvid.embedders import Embedder
-from streamvid.errors import BudgetError, ConfigError
+from streamvid.errors import ConfigError
 from streamvid.models.base import VideoLLM
 
 __all__ = ["Answer", "UsedSegment", "VideoQA"]
@@ -57,6 +57,8 @@ class VideoQA:
     each asked stream. max_prefill_tokens: the prompt budget (default: the model's
     context length); the lowest-scoring segments are dropped until the prompt fits.
     Multi-turn: earlier (question, answer) pairs are kept (``history_turns``).
+    The Video-LLM's own lock keeps questions and a concurrent ingest from running the
+    model at the same time.
     """
 
     def __init__(
@@ -70,28 +72,23 @@ class VideoQA:
         max_prefill_tokens: int | None = None,
         max_new_tokens: int = 128,
         history_turns: int = 4,
-        model_lock: threading.Lock | None = None,
     ) -> None:
         self.llm = llm
         self.memory = memory
         self.embedder = embedder
         self.k = k
         self.live = live
-        limit = getattr(llm.model.config.get_text_config(), "max_position_embeddings", None)
-        self.max_prefill_tokens = max_prefill_tokens or limit
+        self.max_prefill_tokens = max_prefill_tokens or llm.context_length
         self.max_new_tokens = max_new_tokens
         self.history_turns = history_turns
         self.history: list[tuple[str, str]] = []
-        self.model_lock = model_lock or threading.Lock()
 
     def reset(self) -> None:
         """Forget the conversation."""
         self.history.clear()
 
-    def _now(self, streams: Sequence[str] | None) -> float | None:
-        names = streams or self.memory.stats().streams
-        ends = [seg.end for s in names for seg in self.memory.timeline(s)[-1:]]
-        return max(ends) if ends else None
+    def _streams(self, streams: Sequence[str] | None) -> list[str]:
+        return list(streams) if streams else self.memory.streams()
 
     def retrieve(
         self, question: str, k: int, time_range: tuple[float, float] | None, streams: Sequence[str] | None
@@ -99,9 +96,7 @@ class VideoQA:
         """Segments for a question, best first, live and evicted."""
         if self.embedder.recency_only:
             infos = [
-                s
-                for name in (streams or self.memory.stats().streams)
-                for s in self.memory.timeline(name, *(time_range or (None, None)))
+                s for name in self._streams(streams) for s in self.memory.timeline(name, *(time_range or (None, None)))
             ]
             infos.sort(key=lambda s: s.end, reverse=True)
             return [(s, None) for s in infos[:k]]
@@ -124,11 +119,11 @@ class VideoQA:
         k = k or self.k
         t0 = time.perf_counter()
         if time_range is None:
-            time_range = parse_time_range(question, self._now(streams))
+            time_range = parse_time_range(question, self.memory.end_time(streams))
         found = self.retrieve(question, k, time_range, streams)
         if time_range is not None:  # every segment of the asked time, to tell what was evicted
             covered = {s.id for s, _ in found}
-            for name in streams or self.memory.stats().streams:
+            for name in self._streams(streams):
                 found += [
                     (s, None) for s in self.memory.timeline(name, *time_range) if s.evicted and s.id not in covered
                 ]
@@ -136,9 +131,10 @@ class VideoQA:
         evicted = sorted({_used(s, score) for s, score in found if s.evicted}, key=lambda u: u.start)
         if self.live:  # the newest segment of every asked stream is always in view
             have = {s.id for s, _ in live}
-            for name in streams or self.memory.stats().streams:
-                newest = [s for s in self.memory.timeline(name) if not s.evicted][-1:]
-                live += [(s, None) for s in newest if s.id not in have]
+            for name in self._streams(streams):
+                newest = self.memory.newest(name, live_only=True)
+                if newest is not None and newest.id not in have:
+                    live.append((newest, None))
         retrieve_s = time.perf_counter() - t0
         answer = Answer(question=question, text="", evicted=evicted, time_range=time_range)
         if not live:
@@ -155,18 +151,13 @@ class VideoQA:
         live.sort(key=lambda p: -(p[1] if p[1] is not None else float("inf")))
         segments = self.memory.get([s.id for s, _ in live])
         history = self.history[-self.history_turns :] if self.history_turns else []
-        with self.model_lock:
-            while True:
-                try:
-                    prefill = self.llm.build_prefill(
-                        question, segments, max_prefill_tokens=self.max_prefill_tokens, history=history
-                    )
-                    break
-                except BudgetError:
-                    if len(segments) == 1:
-                        raise
-                    segments, live = segments[:-1], live[:-1]
-            generation = self.llm.generate(prefill, max_new_tokens=self.max_new_tokens, on_text=on_text)
+        limit = self.max_prefill_tokens
+        while limit is not None and len(segments) > 1:
+            if self.llm.prefill_length(question, segments, history=history) <= limit:
+                break
+            segments, live = segments[:-1], live[:-1]
+        prefill = self.llm.build_prefill(question, segments, max_prefill_tokens=limit, history=history)
+        generation = self.llm.generate(prefill, max_new_tokens=self.max_new_tokens, on_text=on_text)
         answer.text = generation.text.strip()
         answer.segments = sorted((_used(s, score) for s, score in live), key=lambda u: (u.start, u.stream))
         answer.prompt_tokens = prefill.length

@@ -7,15 +7,16 @@ Understood (case-insensitive), with ``now`` the newest time in the memory:
 - "between 1:00 and 2:30" / "from 0:45 to 1:10"                -> (60, 150) / (45, 70)
 - "at 12:30" / "at 1:02:03" / "around 90s"                      -> (t - 10, t + 10)
 
-Clock times are m:ss or h:mm:ss from the start of the stream; plain numbers may
-carry s/sec/seconds, m/min/minutes or h/hours.
+Clock times are m:ss or h:mm:ss from the start of the stream (what
+``streamvid.clock.format_clock`` writes); plain numbers may carry s/sec/seconds,
+m/min/minutes or h/hours.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["parse_time_range", "parse_clock", "format_clock", "AT_WINDOW_S"]
+__all__ = ["parse_time_range", "parse_clock", "AT_WINDOW_S"]
 
 AT_WINDOW_S = 10.0
 _UNITS = {
@@ -38,12 +39,6 @@ _UNITS = {
 _NUM = r"(\d+(?:\.\d+)?)"
 _UNIT = r"(s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?)"
 _CLOCK = r"(\d{1,2}:\d{2}(?::\d{2})?|\d+(?:\.\d+)?\s*(?:s|secs?|seconds?|m|mins?|minutes?|h|hrs?|hours?)\b)"
-
-
-def format_clock(seconds: float) -> str:
-    """3723.0 -> '1:02:03'; 75.0 -> '0:01:15' (h:mm:ss, the inverse of parse_clock)."""
-    s = max(0, int(round(seconds)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def parse_clock(text: str) -> float:

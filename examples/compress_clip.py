@@ -8,8 +8,8 @@ synthetic clip of pixel patches, so the example runs anywhere without weights.
 
 import torch
 
+from bench.demo import patch_tokens, synthetic_frames
 from streamvid import TokenGrid, create_compressor, list_compressors, remerge
-from streamvid.demo import patch_tokens, synthetic_frames
 
 frames, times = synthetic_frames(num_frames=32)
 grid = TokenGrid(patch_tokens(frames), torch.from_numpy(times))  # [32, 14, 14, 768]

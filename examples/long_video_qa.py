@@ -9,11 +9,10 @@ The memory directory is reused on later runs (delete it to re-ingest).
 import argparse
 from pathlib import Path
 
-from agents import SegmentIndexer, VideoQA
+from agents import VideoQA, build_ingest
 from memory import TokenMemory
 from streamvid import create_compressor
 from streamvid.embedders import DEFAULT_EMBEDDER, load_embedder
-from streamvid.ingest import IngestPipeline, Sampler, StreamingSegmenter
 from streamvid.models import load_adapter
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,14 +30,12 @@ llm = load_adapter(args.model)
 embedder = load_embedder(args.embedder)
 memory_dir = args.memory or args.video.with_suffix(".memory")
 memory = TokenMemory(memory_dir, cap_tokens=args.cap_tokens)
-if memory.stats().segments_live == 0:
-    indexer = SegmentIndexer(llm, create_compressor("infomerge", ratio=args.ratio), embedder, memory)
-    stats = IngestPipeline(
-        args.video, indexer, sampler=Sampler(fps=args.fps), segmenter=StreamingSegmenter(), progress=True
-    ).run()
+if memory.tokens_held == 0:
+    compressor = create_compressor("infomerge", ratio=args.ratio)
+    stats = build_ingest(args.video, memory, llm, embedder, compressor, fps=args.fps, progress=True).run()
     print(
         f"ingested {stats.media_seconds / 60:.1f} min in {stats.segments} segments, "
-        f"{stats.realtime_factor:.1f}x real time; {memory.stats().tokens_held} tokens held"
+        f"{stats.realtime_factor:.1f}x real time; {memory.tokens_held} tokens held"
     )
 
 qa = VideoQA(llm, memory, embedder, k=4)

@@ -5,8 +5,9 @@ Imports flow one way: ``agents -> memory -> streamvid``.
 
 from memory.config import MemoryConfig
 from memory.errors import CorruptShardError, MemoryStoreError, SegmentEvictedError, UnknownSegmentError
+from memory.manifest import SegmentInfo
 from memory.rebalance import RebalancePlan, plan_rebalance, recency_factors
-from memory.token_memory import Hit, MemoryStats, RebalanceReport, SegmentInfo, TokenMemory
+from memory.token_memory import Hit, MemoryStats, RebalanceReport, TokenMemory
 
 __all__ = [
     "CorruptShardError",

@@ -2,27 +2,26 @@
 
 Layout of a memory directory::
 
-    manifest.sqlite      segment metadata, keys, CABA statistics (SQLite, WAL)
+    manifest.sqlite      segment metadata, keys, CABA statistics (SQLite, WAL; memory/manifest.py)
     shards/NNNNN/*.safetensors   tokens + provenance, one file per segment version
     index.<factory>.faiss  the key index (a cache of the keys in the manifest)
 
-Write order (one writer): new shard files -> one manifest transaction -> index
-update -> old shard files deleted. A crash (kill -9) at any point leaves the
-manifest pointing at complete files; unreferenced files are swept and the index
-is repaired from the manifest when the memory reopens.
+Write order (one writer): new shard files -> one manifest transaction -> index and
+in-memory state -> old shard files deleted. A crash (kill -9) at any point leaves the
+manifest pointing at complete files; unreferenced files are swept and the index is
+repaired from the manifest when the memory reopens.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +29,7 @@ import torch
 from memory.config import PROVENANCE_BYTES, MemoryConfig
 from memory.errors import CorruptShardError, MemoryStoreError, SegmentEvictedError, UnknownSegmentError
 from memory.index import KeyIndex
+from memory.manifest import LiveRow, Manifest, SegmentInfo, SegmentRow, time_filter
 from memory.rebalance import plan_rebalance, recency_factors
 from memory.rwlock import RWLock
 from memory.shards import ShardStore, _sizes
@@ -40,57 +40,6 @@ from streamvid.types import CompressedSegment
 __all__ = ["TokenMemory", "SegmentInfo", "Hit", "MemoryStats", "RebalanceReport"]
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS segments (
-    id INTEGER PRIMARY KEY,
-    stream TEXT NOT NULL,
-    seg_index INTEGER NOT NULL,
-    start REAL NOT NULL,
-    "end" REAL NOT NULL,
-    frame_count INTEGER NOT NULL,
-    grid_h INTEGER NOT NULL,
-    grid_w INTEGER NOT NULL,
-    frame_offset INTEGER NOT NULL,
-    method TEXT NOT NULL,
-    richness REAL NOT NULL,
-    uniqueness REAL NOT NULL,
-    original_tokens INTEGER NOT NULL,
-    n_tokens INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    shard TEXT,
-    version INTEGER NOT NULL,
-    nbytes INTEGER NOT NULL,
-    mean_token BLOB NOT NULL,
-    key BLOB NOT NULL,
-    added REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS segments_time ON segments(stream, start);
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB);
-CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, at REAL, kind TEXT, detail TEXT);
-"""
-
-_INFO_COLS = 'id, stream, seg_index, start, "end", frame_count, n_tokens, original_tokens, status, method'
-
-
-@dataclass(frozen=True)
-class SegmentInfo:
-    """What the manifest knows of a segment (no tensors). status: 'live' or 'evicted'."""
-
-    id: int
-    stream: str
-    segment_index: int
-    start: float
-    end: float
-    frame_count: int
-    tokens: int
-    original_tokens: int
-    status: str
-    method: str
-
-    @property
-    def evicted(self) -> bool:
-        return self.status == "evicted"
 
 
 @dataclass(frozen=True)
@@ -129,6 +78,41 @@ class MemoryStats:
     last_rebalance: RebalanceReport | None
 
 
+class _Pending(NamedTuple):
+    """A segment being added: its new id, the segment and its key."""
+
+    id: int
+    segment: CompressedSegment
+    key: np.ndarray
+
+
+class _Rewrite(NamedTuple):
+    """A segment's new tokens, already written to a shard nobody references yet."""
+
+    segment: CompressedSegment
+    shard: str
+    version: int
+    nbytes: int
+
+
+@dataclass
+class _Plan:
+    """What a write will do: every live segment (plus the pending one, last), its token count
+    now and after, and which are evicted; the global mean after the write."""
+
+    ids: list[int]
+    current: list[int]
+    targets: list[int]
+    evict: list[bool]
+    global_sum: torch.Tensor
+    global_len: float
+    cap: int
+
+    @property
+    def evicted_ids(self) -> list[int]:
+        return [sid for sid, e in zip(self.ids, self.evict) if e]
+
+
 class _LiveSet:
     """CABA statistics of the live segments (rows in id order), in buffers that grow by
     doubling, so appending is O(D) amortized and only a rebalance touches every row."""
@@ -150,7 +134,7 @@ class _LiveSet:
         """[K, D] view of the live rows."""
         return self._means[: len(self.ids)]
 
-    def append_many(self, rows: list[tuple[int, torch.Tensor, int, float, int, float, str]]) -> None:
+    def append_many(self, rows: Sequence[LiveRow]) -> None:
         if not rows:
             return
         k, need = len(self.ids), len(self.ids) + len(rows)
@@ -158,14 +142,14 @@ class _LiveSet:
             grown = torch.zeros(max(need, 2 * self._means.shape[0]), self._means.shape[1])
             grown[:k] = self._means[:k]
             self._means = grown
-        self._means[k:need] = torch.stack([r[1] for r in rows])
-        for sid, _, length, rich, n, end, stream in rows:
-            self.ids.append(sid)
-            self.lengths.append(length)
-            self.richness.append(rich)
-            self.tokens.append(n)
-            self.ends.append(end)
-            self.streams.append(stream)
+        self._means[k:need] = torch.stack([r.mean_token for r in rows])
+        for r in rows:
+            self.ids.append(r.id)
+            self.lengths.append(r.frame_count)
+            self.richness.append(r.richness)
+            self.tokens.append(r.tokens)
+            self.ends.append(r.end)
+            self.streams.append(r.stream)
 
     def keep(self, mask: list[bool]) -> None:
         kept = self.means[torch.tensor(mask, dtype=torch.bool)]
@@ -201,6 +185,10 @@ class _Catalog:
         self.stream[idx] = [self.codes.setdefault(s, len(self.codes)) for s in streams]
         self.present[idx] = True
 
+    def end_time(self, streams: Sequence[str] | None) -> float | None:
+        m = self.mask(None, streams)
+        return float(self.end[m].max()) if m.any() else None
+
     def mask(self, time_range: tuple[float, float] | None, streams: Sequence[str] | None) -> np.ndarray:
         """bool [max id + 1]: segments overlapping ``time_range`` in ``streams``."""
         m = self.present.copy()
@@ -229,12 +217,11 @@ class TokenMemory:
     def __init__(self, path: str | Path, config: MemoryConfig | None = None, **cfg: Any) -> None:
         self.root = Path(path)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
         self._lock = RWLock()
         self._write_mutex = threading.Lock()
         self.shards = ShardStore(self.root)
-        self._db().conn.executescript(_SCHEMA)
-        stored = self._meta("config")
+        self.manifest = Manifest(self.root)
+        stored = self.manifest.meta("config")
         try:
             if config is None:
                 base = json.loads(stored) if stored else {}
@@ -242,10 +229,10 @@ class TokenMemory:
         except ValueError as err:
             raise ConfigError(f"bad memory options: {err}") from None
         self.config = config
-        self._set_meta("config", config.model_dump_json())
+        self.manifest.set_meta("config", config.model_dump_json())
         self.dtype = torch.float16 if config.dtype == "float16" else torch.bfloat16
-        self.dim: int | None = self._meta_int("dim")
-        self.key_dim: int | None = self._meta_int("key_dim")
+        self.dim: int | None = self.manifest.meta_int("dim")
+        self.key_dim: int | None = self.manifest.meta_int("key_dim")
         self._index: KeyIndex | None = None
         self._live: _LiveSet | None = None
         self._catalog = _Catalog()
@@ -253,32 +240,19 @@ class TokenMemory:
         self._closed = False
         self._recover()
 
-    # -- plumbing ----------------------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection:
-        """A connection for this thread (SQLite connections are not shared between threads)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.root / "manifest.sqlite", timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return _Tx(conn)
-
-    def _meta(self, key: str) -> Any:
-        row = self._db().conn.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
-        return None if row is None else row[0]
-
-    def _meta_int(self, key: str) -> int | None:
-        v = self._meta(key)
-        return None if v is None else int(v)
-
-    def _set_meta(self, key: str, value: Any, conn: sqlite3.Connection | None = None) -> None:
-        (conn or self._db().conn).execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
-
     @property
     def token_cap(self) -> int | None:
         return None if self.dim is None else self.config.token_cap(self.dim)
+
+    @property
+    def tokens_held(self) -> int:
+        """Tokens held by live segments now (from memory, no disk access)."""
+        return 0 if self._live is None else sum(self._live.tokens)
+
+    def streams(self) -> list[str]:
+        """Every stream with a segment (live or evicted), sorted (from memory, no disk access)."""
+        with self._lock.read():
+            return sorted(self._catalog.codes)
 
     def _index_path(self) -> Path:
         """One file per factory string, so a memory reopened with another factory rebuilds."""
@@ -288,64 +262,51 @@ class TokenMemory:
     # -- open / recover ------------------------------------------------------------
 
     def _recover(self) -> None:
-        conn = self._db().conn
-        referenced = {r[0] for r in conn.execute("SELECT shard FROM segments WHERE shard IS NOT NULL")}
-        swept = self.shards.sweep(referenced)
+        swept = self.shards.sweep(self.manifest.shard_names())
         if swept:
             log.info("%s: removed %d unreferenced shard file(s) left by an interrupted write", self.root, swept)
-        row = conn.execute("SELECT COALESCE(MAX(id), -1) FROM segments").fetchone()
-        self._next_id = int(row[0]) + 1
-        rows = conn.execute('SELECT id, start, "end", stream FROM segments').fetchall()
+        self._next_id = self.manifest.next_id()
+        rows = self.manifest.catalog()
         if rows:
             self._catalog.add(*zip(*rows))
         if self.dim is None:
             return
         self._live = _LiveSet(self.dim)
-        rows = conn.execute(
-            'SELECT id, mean_token, frame_count, richness, n_tokens, "end", stream FROM segments '
-            "WHERE status = 'live' ORDER BY id"
-        ).fetchall()
-        self._live.append_many(
-            [
-                (r[0], torch.from_numpy(np.frombuffer(r[1], dtype=np.float32).copy()), r[2], r[3], r[4], r[5], r[6])
-                for r in rows
-            ]
-        )
-        self._global_sum = torch.from_numpy(np.frombuffer(self._meta("global_sum"), dtype=np.float64).copy())
-        self._global_len = float(self._meta("global_len"))
+        self._live.append_many(self.manifest.live_rows())
+        self._global_sum = torch.from_numpy(np.frombuffer(self.manifest.meta("global_sum"), dtype=np.float64).copy())
+        self._global_len = float(self.manifest.meta("global_len"))
         self._open_index()
-        if sum(self._live.tokens) > (self.token_cap or 0):
+        if self.tokens_held > (self.token_cap or 0):
             with self._write_mutex:
-                self._rebalance_locked(pending=None)
+                self._write(None)
+
+    def _new_index(self) -> KeyIndex:
+        assert self.key_dim is not None
+        cfg = self.config
+        return KeyIndex(self.key_dim, cfg.index_factory, cfg.metric, cfg.use_gpu_index)
 
     def _open_index(self) -> None:
         assert self.key_dim is not None
         cfg = self.config
         index = KeyIndex.load(self._index_path(), self.key_dim, cfg.index_factory, cfg.metric, cfg.use_gpu_index)
-        conn = self._db().conn
-        manifest_ids = np.array([r[0] for r in conn.execute("SELECT id FROM segments ORDER BY id")], dtype=np.int64)
+        manifest_ids = self.manifest.ids()
         if index is None:
-            index = KeyIndex(self.key_dim, cfg.index_factory, cfg.metric, cfg.use_gpu_index)
+            index = self._new_index()
             missing = manifest_ids
             log.info("%s: building the key index from %d stored keys", self.root, len(missing))
         else:
             have = index.ids()
             extra = np.setdiff1d(have, manifest_ids)
             if len(extra) and not index.remove(extra):  # this index type cannot remove: rebuild
-                index = KeyIndex(self.key_dim, cfg.index_factory, cfg.metric, cfg.use_gpu_index)
+                index = self._new_index()
                 have = np.zeros(0, dtype=np.int64)
             missing = np.setdiff1d(manifest_ids, have)
             if len(missing) or len(extra):
                 log.info("%s: index repaired (+%d, -%d keys)", self.root, len(missing), len(extra))
         for chunk in np.array_split(missing, max(1, len(missing) // 4096)):
-            if len(chunk) == 0:
-                continue
-            q = ",".join("?" * len(chunk))
-            rows = conn.execute(f"SELECT id, key FROM segments WHERE id IN ({q})", chunk.tolist()).fetchall()
-            index.add(
-                np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]),
-                np.array([r[0] for r in rows], dtype=np.int64),
-            )
+            if len(chunk):
+                ids, keys = self.manifest.keys(chunk.tolist())
+                index.add(keys, ids)
         self._index = index
         if len(missing):
             index.save(self._index_path())
@@ -370,7 +331,7 @@ class TokenMemory:
             self._ensure_dims(segment.dim, key_np.shape[0])
             sid = self._next_id
             self._next_id += 1
-            self._rebalance_locked(pending=(sid, segment, key_np))
+            self._write(_Pending(sid, segment, key_np))
             self._adds_since_save += 1
             if self._adds_since_save >= self.config.index_save_every:
                 self._save_index()
@@ -379,15 +340,15 @@ class TokenMemory:
     def _ensure_dims(self, dim: int, key_dim: int) -> None:
         if self.dim is None:
             self.dim, self.key_dim = dim, key_dim
-            with self._db() as db:
-                self._set_meta("dim", dim, db.conn)
-                self._set_meta("key_dim", key_dim, db.conn)
-                self._set_meta("global_sum", np.zeros(dim, dtype=np.float64).tobytes(), db.conn)
-                self._set_meta("global_len", 0.0, db.conn)
+            with self.manifest.transaction() as conn:
+                self.manifest.set_meta("dim", dim, conn)
+                self.manifest.set_meta("key_dim", key_dim, conn)
+                self.manifest.set_meta("global_sum", np.zeros(dim, dtype=np.float64).tobytes(), conn)
+                self.manifest.set_meta("global_len", 0.0, conn)
             self._global_sum = torch.zeros(dim, dtype=torch.float64)
             self._global_len = 0.0
             self._live = _LiveSet(dim)
-            self._index = KeyIndex(key_dim, self.config.index_factory, self.config.metric, self.config.use_gpu_index)
+            self._index = self._new_index()
             return
         if dim != self.dim:
             raise ShapeError(f"this memory holds tokens of width {self.dim}; got {dim}. Use one memory per model")
@@ -399,152 +360,36 @@ class TokenMemory:
         with self._write_mutex:
             if self._live is None:
                 return None
-            return self._rebalance_locked(pending=None)
+            return self._write(None)
 
-    def _rebalance_locked(self, pending: tuple[int, CompressedSegment, np.ndarray] | None) -> RebalanceReport | None:
-        """Add ``pending`` (if any) and bring the memory under the cap, crash-safely."""
+    def _write(self, pending: _Pending | None) -> RebalanceReport | None:
+        """Add ``pending`` (if any) and bring the memory under the cap, crash-safely:
+        plan -> rewrite shards -> commit (one transaction) -> apply (in-memory state)."""
         assert self._live is not None and self.dim is not None
         started = time.perf_counter()
-        live = self._live
         cap = self.config.token_cap(self.dim)
-        if pending is not None and sum(live.tokens) + pending[1].budget <= cap:
-            self._add_within_cap(*pending)  # O(1): nothing else changes
+        if pending is not None and self.tokens_held + pending.segment.budget <= cap:
+            self._add_within_cap(pending)  # O(1): nothing else changes
             return None
-        ids = list(live.ids)
-        means, lengths, rich = live.means, list(live.lengths), list(live.richness)
-        current, ends, streams = list(live.tokens), list(live.ends), list(live.streams)
-        global_sum, global_len = self._global_sum.clone(), self._global_len
-        if pending is not None:
-            sid, seg, _ = pending
-            mean = seg.mean_token.float().cpu()
-            ids.append(sid)
-            means = torch.cat([means, mean[None]])
-            lengths.append(seg.frame_count)
-            rich.append(seg.richness)
-            current.append(seg.budget)
-            ends.append(seg.end_time)
-            streams.append(seg.stream_id)
-            global_sum += seg.frame_count * mean.double()
-            global_len += seg.frame_count
-        total = sum(current)
-        targets = list(current)
-        evict = [False] * len(ids)
-        if total > cap:
-            recency = None
-            if self.config.recency_half_life_s is not None:
-                end_t = torch.tensor(ends, dtype=torch.float64)
-                newest = {s: max(e for e, t in zip(ends, streams) if t == s) for s in set(streams)}
-                now = torch.tensor([newest[s] for s in streams], dtype=torch.float64)
-                recency = recency_factors(end_t, now, self.config.recency_half_life_s)
-            plan = plan_rebalance(
-                means,
-                torch.tensor(lengths),
-                torch.tensor(rich),
-                torch.tensor(current),
-                cap,
-                global_mean=global_sum / max(global_len, 1e-12),
-                tau=self.config.tau,
-                alpha=self.config.alpha,
-                beta=self.config.beta,
-                recency=recency,
-                hysteresis=self.config.hysteresis,
-            )
-            targets, evict = plan.targets.tolist(), plan.evict.tolist()
-        # new tensors first (files nobody references yet)
-        conn = self._db().conn
-        stored = (
-            {
-                r[0]: r
-                for r in conn.execute(
-                    f"SELECT id, shard, version FROM segments WHERE id IN ({','.join('?' * len(ids))})", ids
-                )
-            }
-            if ids
-            else {}
-        )
-        rewrites: dict[int, tuple[CompressedSegment, str, int, int]] = {}  # id -> (seg, shard, version, bytes)
-        old_files: list[str] = []
-        for i, sid in enumerate(ids):
-            is_new = pending is not None and sid == pending[0]
-            if evict[i]:
-                if not is_new:
-                    old_files.append(stored[sid][1])
-                continue
-            if targets[i] >= current[i] and not is_new:
-                continue
-            if is_new:
-                seg, version = pending[1], 0
-            else:
-                seg, version = self._load(sid, stored[sid][1]), stored[sid][2] + 1
-                old_files.append(stored[sid][1])
-            seg = remerge(seg, targets[i])
-            name, nbytes = self.shards.write(sid, version, seg, self.dtype)
-            rewrites[sid] = (seg, name, version, nbytes)
-        evicted_ids = [sid for sid, e in zip(ids, evict) if e]
-        touched = [sid for sid in rewrites if pending is None or sid != pending[0]]
+        plan = self._plan(pending, cap)
+        rewrites, old_files = self._rewrite(plan, pending)
         report = None
+        total = sum(plan.current)
         if total > cap:
             report = RebalanceReport(
                 at=time.time(),
                 seconds=time.perf_counter() - started,
                 tokens_before=total,
-                tokens_after=sum(t for t, e in zip(targets, evict) if not e),
+                tokens_after=sum(t for t, e in zip(plan.targets, plan.evict) if not e),
                 cap=cap,
-                touched=len(touched),
-                evicted=len(evicted_ids),
+                touched=sum(1 for sid in rewrites if pending is None or sid != pending.id),
+                evicted=len(plan.evicted_ids),
             )
-        # one transaction makes it all visible; readers see before or after, never between
-        with self._lock.write(), self._db() as db:
-            if pending is not None:
-                sid, seg, key = pending
-                new_status = "evicted" if sid in evicted_ids else "live"
-                _, name, version, nbytes = rewrites.get(sid, (None, None, 0, 0))
-                n_tokens = rewrites[sid][0].budget if sid in rewrites else 0
-                self._insert(db.conn, sid, seg, key, new_status, name, version, nbytes, n_tokens)
-                self._set_meta("global_sum", global_sum.numpy().tobytes(), db.conn)
-                self._set_meta("global_len", global_len, db.conn)
-            for sid in touched:
-                seg, name, version, nbytes = rewrites[sid]
-                db.conn.execute(
-                    "UPDATE segments SET n_tokens = ?, shard = ?, version = ?, nbytes = ? WHERE id = ?",
-                    (seg.budget, name, version, nbytes, sid),
-                )
-            for sid in evicted_ids:
-                if pending is None or sid != pending[0]:
-                    db.conn.execute(
-                        "UPDATE segments SET status = 'evicted', n_tokens = 0, shard = NULL, nbytes = 0 WHERE id = ?",
-                        (sid,),
-                    )
-            if report is not None:
-                db.conn.execute(
-                    "INSERT INTO events (at, kind, detail) VALUES (?, 'rebalance', ?)",
-                    (report.at, json.dumps({**report.__dict__, "evicted_ids": evicted_ids[:1000]})),
-                )
-            # in-memory state follows the committed manifest
-            if pending is not None:
-                self._index.add(pending[2][None], np.array([pending[0]], dtype=np.int64))
-                self._catalog.add([pending[0]], [pending[1].start_time], [pending[1].end_time], [pending[1].stream_id])
-                self._global_sum, self._global_len = global_sum, global_len
-            keep_mask = [not e for e in evict]
-            n_old = len(live)
-            new_tokens = [rewrites[s][0].budget if s in rewrites else c for s, c in zip(ids, current)]
-            live.tokens = new_tokens[:n_old]
-            live.keep(keep_mask[:n_old])
-            if pending is not None and not evict[-1]:
-                sid, seg, _ = pending
-                live.append_many(
-                    [
-                        (
-                            sid,
-                            seg.mean_token.float().cpu(),
-                            seg.frame_count,
-                            seg.richness,
-                            new_tokens[-1],
-                            seg.end_time,
-                            seg.stream_id,
-                        )
-                    ]
-                )
+        # readers see the state before or after, never between
+        with self._lock.write():
+            with self.manifest.transaction() as conn:
+                self._commit(conn, plan, pending, rewrites, report)
+            self._apply(plan, pending, rewrites)
         for name in old_files:
             self.shards.delete(name)
         if report is not None:
@@ -559,61 +404,142 @@ class TokenMemory:
             )
         return report
 
-    def _add_within_cap(self, sid: int, seg: CompressedSegment, key: np.ndarray) -> None:
+    def _plan(self, pending: _Pending | None, cap: int) -> _Plan:
+        """Budgets of every live segment (and the pending one) under ``cap``; nothing written."""
+        live = self._live
+        ids, means = list(live.ids), live.means
+        lengths, rich = list(live.lengths), list(live.richness)
+        current, ends, streams = list(live.tokens), list(live.ends), list(live.streams)
+        global_sum, global_len = self._global_sum.clone(), self._global_len
+        if pending is not None:
+            seg = pending.segment
+            mean = seg.mean_token.float().cpu()
+            ids.append(pending.id)
+            means = torch.cat([means, mean[None]])
+            lengths.append(seg.frame_count)
+            rich.append(seg.richness)
+            current.append(seg.budget)
+            ends.append(seg.end_time)
+            streams.append(seg.stream_id)
+            global_sum += seg.frame_count * mean.double()
+            global_len += seg.frame_count
+        plan = _Plan(ids, current, list(current), [False] * len(ids), global_sum, global_len, cap)
+        if sum(current) > cap:
+            recency = None
+            if self.config.recency_half_life_s is not None:
+                end_t = torch.tensor(ends, dtype=torch.float64)
+                newest = {s: max(e for e, t in zip(ends, streams) if t == s) for s in set(streams)}
+                now = torch.tensor([newest[s] for s in streams], dtype=torch.float64)
+                recency = recency_factors(end_t, now, self.config.recency_half_life_s)
+            budgets = plan_rebalance(
+                means,
+                torch.tensor(lengths),
+                torch.tensor(rich),
+                torch.tensor(current),
+                cap,
+                global_mean=global_sum / max(global_len, 1e-12),
+                tau=self.config.tau,
+                alpha=self.config.alpha,
+                beta=self.config.beta,
+                recency=recency,
+                hysteresis=self.config.hysteresis,
+            )
+            plan.targets, plan.evict = budgets.targets.tolist(), budgets.evict.tolist()
+        return plan
+
+    def _rewrite(self, plan: _Plan, pending: _Pending | None) -> tuple[dict[int, _Rewrite], list[str]]:
+        """New shard files for every segment that shrinks (and the pending one); files no
+        manifest row names yet, so a crash here leaves orphans that the next open sweeps.
+        Returns the rewrites and the shard files they (and evictions) make obsolete."""
+        stored = self.manifest.versions([sid for sid in plan.ids if pending is None or sid != pending.id])
+        rewrites: dict[int, _Rewrite] = {}
+        old_files: list[str] = []
+        for sid, current, target, evict in zip(plan.ids, plan.current, plan.targets, plan.evict):
+            is_new = pending is not None and sid == pending.id
+            if evict:
+                if not is_new:
+                    old_files.append(stored[sid][0])
+                continue
+            if target >= current and not is_new:
+                continue
+            if is_new:
+                seg, version = pending.segment, 0
+            else:
+                shard, old_version = stored[sid]
+                seg, version = self._load(sid, shard), old_version + 1
+                old_files.append(shard)
+            seg = remerge(seg, target)
+            name, nbytes = self.shards.write(sid, version, seg, self.dtype)
+            rewrites[sid] = _Rewrite(seg, name, version, nbytes)
+        return rewrites, old_files
+
+    def _commit(
+        self,
+        conn: Any,
+        plan: _Plan,
+        pending: _Pending | None,
+        rewrites: dict[int, _Rewrite],
+        report: RebalanceReport | None,
+    ) -> None:
+        """The manifest rows of the plan, inside the caller's transaction."""
+        evicted = plan.evicted_ids
+        if pending is not None:
+            new = rewrites.get(pending.id)
+            row = SegmentRow.of(
+                pending.id,
+                pending.segment,
+                pending.key,
+                status="evicted" if pending.id in evicted else "live",
+                shard=None if new is None else new.shard,
+                version=0 if new is None else new.version,
+                nbytes=0 if new is None else new.nbytes,
+                n_tokens=0 if new is None else new.segment.budget,
+            )
+            self.manifest.insert(conn, row)
+            self._store_global(conn, plan.global_sum, plan.global_len)
+        for sid, new in rewrites.items():
+            if pending is None or sid != pending.id:
+                self.manifest.set_tokens(conn, sid, new.segment.budget, new.shard, new.version, new.nbytes)
+        for sid in evicted:
+            if pending is None or sid != pending.id:
+                self.manifest.set_evicted(conn, sid)
+        if report is not None:
+            self.manifest.log_event(conn, report.at, "rebalance", {**report.__dict__, "evicted_ids": evicted[:1000]})
+
+    def _apply(self, plan: _Plan, pending: _Pending | None, rewrites: dict[int, _Rewrite]) -> None:
+        """In-memory state follows the committed manifest (under the write lock)."""
+        live = self._live
+        if pending is not None:
+            self._index.add(pending.key[None], np.array([pending.id], dtype=np.int64))
+            seg = pending.segment
+            self._catalog.add([pending.id], [seg.start_time], [seg.end_time], [seg.stream_id])
+            self._global_sum, self._global_len = plan.global_sum, plan.global_len
+        n_old = len(live)
+        new_tokens = [rewrites[s].segment.budget if s in rewrites else c for s, c in zip(plan.ids, plan.current)]
+        live.tokens = new_tokens[:n_old]
+        live.keep([not e for e in plan.evict[:n_old]])
+        if pending is not None and not plan.evict[-1]:
+            live.append_many([_live_row(pending.id, pending.segment, new_tokens[-1])])
+
+    def _add_within_cap(self, pending: _Pending) -> None:
         """Store a segment when the cap is not reached: one shard, one insert, no rebalance."""
+        sid, seg, key = pending
         name, nbytes = self.shards.write(sid, 0, seg, self.dtype)
-        mean = seg.mean_token.float().cpu()
-        global_sum = self._global_sum + seg.frame_count * mean.double()
+        global_sum = self._global_sum + seg.frame_count * seg.mean_token.float().cpu().double()
         global_len = self._global_len + seg.frame_count
-        with self._lock.write(), self._db() as db:
-            self._insert(db.conn, sid, seg, key, "live", name, 0, nbytes, seg.budget)
-            self._set_meta("global_sum", global_sum.numpy().tobytes(), db.conn)
-            self._set_meta("global_len", global_len, db.conn)
+        row = SegmentRow.of(sid, seg, key, status="live", shard=name, version=0, nbytes=nbytes, n_tokens=seg.budget)
+        with self._lock.write():
+            with self.manifest.transaction() as conn:
+                self.manifest.insert(conn, row)
+                self._store_global(conn, global_sum, global_len)
             self._index.add(key[None], np.array([sid], dtype=np.int64))
             self._catalog.add([sid], [seg.start_time], [seg.end_time], [seg.stream_id])
             self._global_sum, self._global_len = global_sum, global_len
-            self._live.append_many(
-                [(sid, mean, seg.frame_count, seg.richness, seg.budget, seg.end_time, seg.stream_id)]
-            )
+            self._live.append_many([_live_row(sid, seg, seg.budget)])
 
-    @staticmethod
-    def _insert(
-        conn: sqlite3.Connection,
-        sid: int,
-        seg: CompressedSegment,
-        key: np.ndarray,
-        status: str,
-        shard: str | None,
-        version: int,
-        nbytes: int,
-        n_tokens: int,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO segments VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                sid,
-                seg.stream_id,
-                seg.segment_index,
-                seg.start_time,
-                seg.end_time,
-                seg.frame_count,
-                seg.grid_size[0],
-                seg.grid_size[1],
-                seg.frame_offset,
-                seg.method,
-                seg.richness,
-                seg.uniqueness,
-                seg.original_tokens,
-                n_tokens,
-                status,
-                shard,
-                version,
-                nbytes,
-                seg.mean_token.float().cpu().numpy().tobytes(),
-                key.tobytes(),
-                time.time(),
-            ),
-        )
+    def _store_global(self, conn: Any, global_sum: torch.Tensor, global_len: float) -> None:
+        self.manifest.set_meta("global_sum", global_sum.numpy().tobytes(), conn)
+        self.manifest.set_meta("global_len", global_len, conn)
 
     def _save_index(self) -> None:
         if self._index is not None:
@@ -624,15 +550,7 @@ class TokenMemory:
     # -- reading -------------------------------------------------------------------
 
     def _load(self, sid: int, shard: str) -> CompressedSegment:
-        row = (
-            self._db()
-            .conn.execute(
-                'SELECT stream, seg_index, start, "end", frame_count, grid_h, grid_w, frame_offset, method, '
-                "richness, uniqueness, mean_token FROM segments WHERE id = ?",
-                (sid,),
-            )
-            .fetchone()
-        )
+        row = self.manifest.row(sid)
         t = self.shards.read(sid, shard)
         try:
             return CompressedSegment(
@@ -640,17 +558,17 @@ class TokenMemory:
                 sizes=t["sizes"],
                 positions=t["positions"],
                 times=t["times"],
-                grid_size=(row[5], row[6]),
-                frame_count=row[4],
-                start_time=row[2],
-                end_time=row[3],
-                mean_token=torch.from_numpy(np.frombuffer(row[11], dtype=np.float32).copy()),
-                richness=row[9],
-                uniqueness=row[10],
-                stream_id=row[0],
-                segment_index=row[1],
-                frame_offset=row[7],
-                method=row[8],
+                grid_size=(row.grid_h, row.grid_w),
+                frame_count=row.frame_count,
+                start_time=row.start,
+                end_time=row.end,
+                mean_token=torch.from_numpy(np.frombuffer(row.mean_token, dtype=np.float32).copy()),
+                richness=row.richness,
+                uniqueness=row.uniqueness,
+                stream_id=row.stream,
+                segment_index=row.seg_index,
+                frame_offset=row.frame_offset,
+                method=row.method,
             )
         except ShapeError as err:
             raise CorruptShardError(f"segment {sid}: shard {shard} holds inconsistent tensors ({err})", [sid]) from None
@@ -662,26 +580,19 @@ class TokenMemory:
         if not ids:
             return []
         with self._lock.read():
-            conn = self._db().conn
-            rows = {
-                r[0]: r
-                for r in conn.execute(
-                    f'SELECT id, status, shard, start, "end" FROM segments WHERE id IN ({",".join("?" * len(ids))})',
-                    ids,
-                )
-            }
-            unknown = [i for i in ids if i not in rows]
+            states = self.manifest.states(ids)
+            unknown = [i for i in ids if i not in states]
             if unknown:
                 raise UnknownSegmentError(f"no segment with id(s) {unknown} in {self.root}")
-            evicted = [i for i in ids if rows[i][1] == "evicted"]
+            evicted = [i for i in ids if states[i][0] == "evicted"]
             if evicted:
-                spans = ", ".join(f"{rows[i][3]:.1f}-{rows[i][4]:.1f} s" for i in evicted)
+                spans = ", ".join(f"{states[i][2]:.1f}-{states[i][3]:.1f} s" for i in evicted)
                 raise SegmentEvictedError(
                     f"segment(s) {evicted} ({spans}) were evicted under the memory cap; nothing was "
                     "retained for that time. Raise the cap to keep more",
                     evicted,
                 )
-            return [self._load(i, rows[i][2]) for i in ids]
+            return [self._load(i, states[i][1]) for i in ids]
 
     def search(
         self,
@@ -705,43 +616,19 @@ class TokenMemory:
         if q.shape[1] != self.key_dim:
             raise ShapeError(f"queries must have {self.key_dim} dims (the memory's keys), got {q.shape[1]}")
         if time_range is not None:
-            self._filter(time_range, None)  # validates the range
+            time_filter(time_range, None)  # validates the range
         with self._lock.read():
-            conn = self._db().conn
             allowed = None
             if time_range is not None or streams is not None:
                 allowed = self._catalog.mask(time_range, streams)
                 if not allowed.any():
                     return [[] for _ in range(q.shape[0])]
             scores, found = self._index.search(q, k, allowed)
-            hit_ids = sorted({int(i) for i in found.flatten() if i >= 0})
-            infos = {}
-            if hit_ids:
-                infos = {
-                    r[0]: _info(r)
-                    for r in conn.execute(
-                        f"SELECT {_INFO_COLS} FROM segments WHERE id IN ({','.join('?' * len(hit_ids))})", hit_ids
-                    )
-                }
+            infos = self.manifest.infos(sorted({int(i) for i in found.flatten() if i >= 0}))
         return [
             [Hit(float(s), infos[int(i)]) for s, i in zip(srow, irow) if i >= 0 and int(i) in infos]
             for srow, irow in zip(scores, found)
         ]
-
-    @staticmethod
-    def _filter(time_range: tuple[float, float] | None, streams: Sequence[str] | None) -> tuple[str, list[Any]]:
-        clauses, args = ["1"], []
-        if time_range is not None:
-            start, end = time_range
-            if end < start:
-                raise ConfigError(f"time_range must be (start, end) with start <= end, got {time_range}")
-            clauses.append('"end" >= ? AND start <= ?')
-            args += [start, end]
-        if streams is not None:
-            streams = list(streams)
-            clauses.append(f"stream IN ({','.join('?' * len(streams))})" if streams else "0")
-            args += streams
-        return " AND ".join(clauses), args
 
     def timeline(
         self, stream: str | None = None, start: float | None = None, end: float | None = None
@@ -749,40 +636,44 @@ class TokenMemory:
         """Segments (live and evicted) overlapping [start, end], in time order."""
         lo = -float("inf") if start is None else start
         hi = float("inf") if end is None else end
-        where, args = self._filter((lo, hi), None if stream is None else [stream])
         with self._lock.read():
-            rows = (
-                self._db()
-                .conn.execute(f"SELECT {_INFO_COLS} FROM segments WHERE {where} ORDER BY start, id", args)
-                .fetchall()
-            )
-        return [_info(r) for r in rows]
+            return self.manifest.timeline((lo, hi), None if stream is None else [stream])
+
+    def segment_counts(self) -> tuple[int, int]:
+        """(live, evicted) segments, from the manifest without touching the shards."""
+        with self._lock.read():
+            live, _, evicted = self.manifest.counts()
+        return live, evicted
+
+    def newest(self, stream: str, *, live_only: bool = False) -> SegmentInfo | None:
+        """The latest segment of ``stream`` (None when it has none)."""
+        with self._lock.read():
+            return self.manifest.newest(stream, live_only)
+
+    def end_time(self, streams: Sequence[str] | None = None) -> float | None:
+        """The latest end time over ``streams`` (all by default): "now" on the memory's timeline."""
+        with self._lock.read():
+            return self._catalog.end_time(streams)
 
     def stats(self) -> MemoryStats:
+        """Counts from the manifest and the bytes on disk (walks the shard directory:
+        use :attr:`tokens_held` and :meth:`streams` on hot paths)."""
         with self._lock.read():
-            conn = self._db().conn
-            live = conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(n_tokens), 0) FROM segments WHERE status = 'live'"
-            ).fetchone()
-            evicted = conn.execute("SELECT COUNT(*) FROM segments WHERE status = 'evicted'").fetchone()[0]
-            streams = [r[0] for r in conn.execute("SELECT DISTINCT stream FROM segments ORDER BY stream")]
-            event = conn.execute(
-                "SELECT detail FROM events WHERE kind = 'rebalance' ORDER BY id DESC LIMIT 1"
-            ).fetchone()
+            live, tokens, evicted = self.manifest.counts()
+            event = self.manifest.last_event("rebalance")
         last = None
         if event is not None:
-            d = json.loads(event[0])
-            last = RebalanceReport(**{k: d[k] for k in RebalanceReport.__dataclass_fields__})
+            last = RebalanceReport(**{k: event[k] for k in RebalanceReport.__dataclass_fields__})
         disk = self.shards.disk_bytes() + _sizes(p for p in self.root.iterdir() if p.is_file())
         per_token = 0 if self.dim is None else self.dim * 2 + PROVENANCE_BYTES
         return MemoryStats(
-            tokens_held=int(live[1]),
+            tokens_held=tokens,
             token_cap=self.token_cap,
-            bytes_held=int(live[1]) * per_token,
+            bytes_held=tokens * per_token,
             disk_bytes=disk,
-            segments_live=int(live[0]),
-            segments_evicted=int(evicted),
-            streams=streams,
+            segments_live=live,
+            segments_evicted=evicted,
+            streams=self.streams(),
             last_rebalance=last,
         )
 
@@ -795,10 +686,7 @@ class TokenMemory:
         with self._write_mutex:
             self._save_index()
             self._closed = True
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.manifest.close()
 
     def __enter__(self) -> TokenMemory:
         return self
@@ -807,30 +695,7 @@ class TokenMemory:
         self.close()
 
 
-def _info(r: tuple) -> SegmentInfo:
-    return SegmentInfo(
-        id=r[0],
-        stream=r[1],
-        segment_index=r[2],
-        start=r[3],
-        end=r[4],
-        frame_count=r[5],
-        tokens=r[6],
-        original_tokens=r[7],
-        status=r[8],
-        method=r[9],
+def _live_row(sid: int, seg: CompressedSegment, tokens: int) -> LiveRow:
+    return LiveRow(
+        sid, seg.mean_token.float().cpu(), seg.frame_count, seg.richness, tokens, seg.end_time, seg.stream_id
     )
-
-
-class _Tx:
-    """``with memory._db() as db:`` runs one IMMEDIATE transaction on this thread's connection."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> _Tx:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

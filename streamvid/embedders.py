@@ -8,6 +8,7 @@ frame. ``NoEmbedder`` ("none") gives constant keys: retrieval falls back to rece
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from streamvid.errors import ConfigError, UnknownNameError
+from streamvid.ingest.sampler import evenly_spaced
 from streamvid.models.base import check_frames, default_device_dtype, read_processor_config
 from streamvid.models.preprocess import normalize, resize_frames
 
@@ -44,13 +46,7 @@ class Embedder(Protocol):
 
 def key_frame_indices(count: int, key_frames: int = 3) -> list[int]:
     """Evenly spread frame indices (first, middle, last for 3)."""
-    if count <= key_frames:
-        return list(range(count))
-    return (
-        sorted({round(i * (count - 1) / (key_frames - 1)) for i in range(key_frames)})
-        if key_frames > 1
-        else [count // 2]
-    )
+    return evenly_spaced(count, key_frames)
 
 
 def segment_key(embedder: Embedder, frames: Any, key_frames: int = 3) -> torch.Tensor:
@@ -91,6 +87,7 @@ class HFEmbedder:
         vision = model.config.vision_config
         self.image_size = int(vision.image_size)
         self.dim = int(getattr(model.config, "projection_dim", None) or model.config.text_config.hidden_size)
+        self.lock = threading.RLock()  # one model, many threads (ingest keys and question queries)
         self._siglip = model.config.model_type.startswith("siglip")
 
     @classmethod
@@ -117,7 +114,7 @@ class HFEmbedder:
         x = normalize(
             x, cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3), cfg.get("rescale_factor", 1 / 255)
         )
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             out = self.model.get_image_features(pixel_values=x.to(self.device, self.dtype))
         out = getattr(out, "pooler_output", out)
         return F.normalize(out.float(), dim=-1).cpu()
@@ -125,7 +122,7 @@ class HFEmbedder:
     def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
         kwargs: dict[str, Any] = {"padding": "max_length", "max_length": 64} if self._siglip else {"padding": True}
         enc = self.tokenizer(list(texts), truncation=True, return_tensors="pt", **kwargs)
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             out = self.model.get_text_features(
                 **{k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
             )

@@ -6,13 +6,12 @@ from agent_helpers import ColorEmbedder, color_video
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, ToolMessage
 
-from agents import SegmentIndexer, VideoQA, parse_clock, parse_time_range
+from agents import VideoQA, build_ingest, parse_clock, parse_time_range
 from agents.langchain import VideoMemoryTool, VideoMomentRetriever, VideoSearchTool
 from bench.random_models import tiny_llava
 from memory import TokenMemory
 from streamvid import ConfigError, create_compressor
 from streamvid.embedders import NoEmbedder, key_frame_indices
-from streamvid.ingest import IngestPipeline, Sampler, StreamingSegmenter
 from streamvid.models import load_adapter
 
 PLAN = [("red", 4.0), ("green", 4.0), ("blue", 4.0), ("red", 4.0)]
@@ -30,13 +29,12 @@ def video(tmp_path_factory):
 
 def ingest(llm, video, root, cap=100_000, embedder=None):
     memory = TokenMemory(root, cap_tokens=cap)
-    indexer = SegmentIndexer(
-        llm, create_compressor("infomerge", ratio=0.5), embedder or ColorEmbedder(), memory, stream_id="cam"
+    compressor = create_compressor("infomerge", ratio=0.5)
+    job = build_ingest(
+        video, memory, llm, embedder or ColorEmbedder(), compressor, stream_id="cam", fps=2, max_size=None
     )
-    IngestPipeline(
-        video, indexer, sampler=Sampler(fps=2, max_size=None), segmenter=StreamingSegmenter(max_len=16)
-    ).run()
-    return memory, indexer
+    job.run()
+    return memory, job.stage
 
 
 def test_ingest_then_ask_finds_the_planted_moment(llm, video, tmp_path):
@@ -46,7 +44,12 @@ def test_ingest_then_ask_finds_the_planted_moment(llm, video, tmp_path):
     qa = VideoQA(llm, memory, ColorEmbedder(), k=1, max_new_tokens=4)
     answer = qa.ask("When is the screen green?")
     assert [(u.start, u.end) for u in answer.segments] == [(4.0, 7.5)]
-    assert answer.text is not None and answer.prompt_tokens > 0
+    # the answer is the model's own greedy reply to a prompt built from exactly the segments it names
+    used = memory.get([u.id for u in answer.segments])
+    again = llm.generate(llm.build_prefill("When is the screen green?", used), max_new_tokens=4)
+    assert answer.text == again.text.strip() and answer.prompt_tokens == llm.prefill_length(
+        "When is the screen green?", used
+    )
     assert set(answer.timings) == {"retrieve", "assemble", "prefill", "decode", "total"}
     assert all(v >= 0 for v in answer.timings.values()) and answer.timings["prefill"] > 0
     # two segments come back in time order, whatever their scores
@@ -143,8 +146,8 @@ def test_langchain_tools_and_retriever(llm, video, tmp_path):
     assert all(isinstance(r, ToolMessage) for r in results)
     search, answer = results
     assert search.tool_call_id == "call_1" and search.artifact[0]["start"] == 8.0
-    assert "0:00:08-0:00:12" in search.content
-    assert answer.artifact.segments[0].start == 4.0 and "moments used: cam 0:00:04" in answer.content
+    assert "0:08-0:12" in search.content
+    assert answer.artifact.segments[0].start == 4.0 and "moments used: cam 0:04-0:08" in answer.content
     docs = VideoMomentRetriever(qa=qa, k=2).invoke("red")
     assert {d.metadata["start"] for d in docs} == {0.0, 12.0}
     assert set(docs[0].metadata) == {"id", "stream", "start", "end", "score", "evicted"}

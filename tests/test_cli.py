@@ -5,8 +5,8 @@ import torch
 from agent_helpers import color_video
 from typer.testing import CliRunner
 
-from agents.cli import app
 from bench.random_models import tiny_llava, tiny_siglip
+from cli.main import app
 from streamvid.embedders import HFEmbedder, load_embedder
 
 
@@ -87,7 +87,10 @@ def test_ask_a_video_file_directly_uses_a_cached_memory(setup, tmp_path):
     assert second.exit_code == 0 and len(list((tmp_path / "cache" / "memories").iterdir())) == 1
 
 
-def test_bad_paths_and_urls_give_one_line_errors(setup, tmp_path):
+def test_bad_paths_and_urls_give_one_line_errors(setup, tmp_path, monkeypatch):
+    import agents.ingest
+
+    monkeypatch.setattr(agents.ingest, "DEFAULT_RECONNECT_BACKOFF", (0.01, 0.01))  # the dead URL fails fast
     for args in (
         ("ask", tmp_path / "nope", "q"),
         ("ask", tmp_path, "q"),

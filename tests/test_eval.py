@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from streamvid.eval.efficientnet import BLOCKS, EfficientNetLite0, SameConv2d
-from streamvid.eval.metrics import attention_fidelity, coverage
+from bench.efficientnet import BLOCKS, EfficientNetLite0, SameConv2d
+from bench.metrics import attention_fidelity, coverage
 
 
 def published_state_dict() -> dict[str, torch.Tensor]:

@@ -68,6 +68,7 @@ def test_live_stream_killed_gives_reconnects_then_typed_error(tmp_path):
     with pytest.raises(StreamDisconnectedError, match="gave up after 5 reconnect attempts") as err:
         pipeline.join(timeout=60)
     assert err.value.attempts == 5
+    assert pipeline.error is err.value  # the public seam live sessions report
     assert pipeline.stats.reconnects >= 5
     assert not pipeline.running
     times = np.concatenate([s.timestamps.numpy() for s in collector.segments])

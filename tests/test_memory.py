@@ -42,6 +42,15 @@ def check_consistent(mem: TokenMemory) -> None:
         return
     assert sorted(mem._index.ids().tolist()) == sorted(r[0] for r in rows)
     assert sum(mem._live.tokens) == stats.tokens_held and len(mem._live) == len(live)
+    # the cheap seams agree with the manifest
+    assert mem.tokens_held == stats.tokens_held and mem.segment_counts() == (len(live), len(rows) - len(live))
+    assert mem.streams() == stats.streams == sorted({s.stream for s in mem.timeline()})
+    for stream in mem.streams():
+        on_timeline = mem.timeline(stream)
+        assert mem.newest(stream) == max(on_timeline, key=lambda s: (s.start, s.id))
+        assert mem.end_time([stream]) == max(s.end for s in on_timeline)
+        alive = [s for s in on_timeline if not s.evicted]
+        assert mem.newest(stream, live_only=True) == (max(alive, key=lambda s: (s.start, s.id)) if alive else None)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

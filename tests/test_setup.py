@@ -40,7 +40,7 @@ def test_import_is_cheap():
 def test_sample_video_command(tmp_path):
     from typer.testing import CliRunner
 
-    from streamvid.cli import app
+    from cli.main import app
     from streamvid.ingest import FileSource
 
     result = CliRunner().invoke(app, ["sample-video", str(tmp_path / "s.mp4")])
@@ -53,7 +53,7 @@ def test_sample_video_command(tmp_path):
 def test_cli_demo_runs(tmp_path):
     from typer.testing import CliRunner
 
-    from streamvid.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["demo", "--ratio", "0.1"])
     assert result.exit_code == 0, result.output
@@ -63,7 +63,7 @@ def test_cli_demo_runs(tmp_path):
 def test_cli_demo_bad_video_is_one_clear_error(tmp_path):
     from typer.testing import CliRunner
 
-    from streamvid.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["demo", str(tmp_path / "missing.mp4")])
     assert result.exit_code == 1
@@ -75,7 +75,7 @@ def test_cli_demo_on_a_video_file(tmp_path):
     import numpy as np
     from typer.testing import CliRunner
 
-    from streamvid.cli import app
+    from cli.main import app
 
     path = tmp_path / "clip.mp4"
     with av.open(str(path), "w") as out:
@@ -94,6 +94,6 @@ def test_lint_is_clean():
     import shutil
 
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    folders = ["streamvid", "memory", "agents", "examples", "tests"]
+    folders = ["streamvid", "memory", "agents", "bench", "cli", "examples", "tests"]
     out = subprocess.run([ruff, "check", *folders], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

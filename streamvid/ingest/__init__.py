@@ -1,8 +1,8 @@
 """Streaming ingest: sources -> timestamp sampler -> streaming DySeg -> segments."""
 
 from streamvid.ingest.pipeline import DropPolicy, IngestPipeline, IngestStats
-from streamvid.ingest.sampler import Sampler
-from streamvid.ingest.segmenter import StreamingSegmenter, segment_boundaries, thumbnail_feature
+from streamvid.ingest.sampler import Sampler, evenly_spaced
+from streamvid.ingest.segmenter import StreamingSegmenter, thumbnail_feature
 from streamvid.ingest.sources import (
     FileSource,
     IterableSource,
@@ -11,6 +11,7 @@ from streamvid.ingest.sources import (
     VideoSource,
     WebcamSource,
     open_source,
+    read_frames,
 )
 
 __all__ = [
@@ -25,7 +26,8 @@ __all__ = [
     "StreamingSegmenter",
     "VideoSource",
     "WebcamSource",
+    "evenly_spaced",
     "open_source",
-    "segment_boundaries",
+    "read_frames",
     "thumbnail_feature",
 ]

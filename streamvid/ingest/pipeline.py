@@ -153,6 +153,11 @@ class IngestPipeline:
         return self.stats
 
     @property
+    def error(self) -> BaseException | None:
+        """The error that ended a :meth:`start`-ed run (None while it runs or when it ended well)."""
+        return self._result_error
+
+    @property
     def running(self) -> bool:
         return not self._done.is_set() and (self._producer is not None and self._producer.is_alive())
 

@@ -10,7 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streamvid.ingest.sources import RawFrame
 
-__all__ = ["Sampler", "SamplerConfig"]
+__all__ = ["Sampler", "SamplerConfig", "evenly_spaced"]
+
+
+def evenly_spaced(total: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(total)``, first and last included
+    (all of them when ``total <= count``; the middle one when ``count == 1``)."""
+    if total <= count:
+        return list(range(total))
+    if count == 1:
+        return [total // 2]
+    return [round(i * (total - 1) / (count - 1)) for i in range(count)]
 
 
 class SamplerConfig(BaseModel):

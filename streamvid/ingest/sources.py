@@ -38,6 +38,7 @@ __all__ = [
     "WebcamSource",
     "IterableSource",
     "open_source",
+    "read_frames",
     "NETWORK_SCHEMES",
 ]
 
@@ -368,3 +369,20 @@ def open_source(
         f"cannot make a video source from {type(source).__name__}; pass a path, a URL, "
         "/dev/videoN, or an iterable of (timestamp, frame)"
     )
+
+
+def read_frames(path: str | Path, count: int, size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` frames spread evenly over a whole video file, timestamps from pts.
+
+    Two passes (times, then pixels of the chosen frames only), so memory does not grow
+    with the video's length. size: (width, height) to resize to (default: native).
+    Returns frames uint8 [T, H, W, 3] and times float64 [T].
+    """
+    from streamvid.ingest.sampler import evenly_spaced
+
+    source = FileSource(path)
+    times = [frame.time for frame in source.frames()]
+    chosen = evenly_spaced(len(times), count)
+    wanted = set(chosen)
+    picked = [frame.rgb(*(size or (None, None))) for i, frame in enumerate(source.frames()) if i in wanted]
+    return np.stack(picked), np.array([times[i] for i in chosen], dtype=np.float64)

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.metrics import attention_fidelity, coverage
+from bench.parts import Part
+from bench.report import table
 from streamvid.compress import create_compressor, list_compressors
-from streamvid.eval.metrics import attention_fidelity, coverage
-from streamvid.ingest import FileSource
+from streamvid.ingest import read_frames
 from streamvid.types import TokenGrid
 
 __all__ = ["clip_frames", "feature_grid", "run_fidelity", "SHARPNESS"]
@@ -28,14 +30,12 @@ SHARPNESS = (1.0, 4.0, 16.0)
 
 def clip_frames(path: Path, frames: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """``frames`` frames spread evenly over the whole video (timestamps from pts), 224 x 224 RGB."""
-    decoded = list(FileSource(path).frames())
-    pick = np.linspace(0, len(decoded) - 1, min(frames, len(decoded))).round().astype(int)
-    return (np.stack([decoded[i].rgb(224, 224) for i in pick]), np.array([decoded[i].time for i in pick]))
+    return read_frames(path, frames, size=(224, 224))
 
 
 def feature_grid(model: Any, frames: np.ndarray, times: np.ndarray, batch: int = 8) -> tuple[TokenGrid, torch.Tensor]:
     """Stage-5 grid [T, 14, 14, 112] and head embeddings [T, 1280] (mean-pooled, unit norm)."""
-    from streamvid.eval.efficientnet import preprocess
+    from bench.efficientnet import preprocess
 
     grids, heads = [], []
     with torch.inference_mode():
@@ -68,7 +68,7 @@ def _metrics(grid: TokenGrid, name: str, ratio: float) -> dict[str, float]:
 def run_fidelity(
     videos: dict[str, Path], ratios: tuple[float, ...] = (0.15, 0.10, 0.05), frames: int = 32, progress: Any = None
 ) -> dict[str, Any]:
-    from streamvid.eval.efficientnet import load_pretrained
+    from bench.efficientnet import load_pretrained
 
     say = progress.log if progress is not None else (lambda *_: None)
     model = load_pretrained()
@@ -88,3 +88,78 @@ def run_fidelity(
             rows.append({"method": method, "ratio": ratio, **mean, "per_clip": per_clip})
         say(f"fidelity at {ratio:.0%}: done")
     return {"clips": {k: list(v.tokens.shape) for k, v in clips.items()}, "sharpness": list(SHARPNESS), "rows": rows}
+
+
+def run(profile: Any, progress: Any = None) -> dict[str, Any]:
+    from bench.media import benchmark_videos
+
+    return run_fidelity(benchmark_videos(), profile.fidelity_ratios, profile.fidelity_frames, progress)
+
+
+def plot(result: dict[str, Any], out: Path) -> list[Path]:
+    """fidelity.png: fidelity and coverage vs retention, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (
+        ("fidelity_s4", "attention fidelity (sharpness 4)"),
+        ("fidelity_bias_s4", "... with size bias"),
+        ("coverage_p5", "coverage, 5th percentile"),
+    )
+    for ax, (key, title) in zip(axes, panels):
+        for method in sorted({r["method"] for r in rows}):
+            pts = sorted((r["ratio"], r[key]) for r in rows if r["method"] == method)
+            ax.plot([p[0] * 100 for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xlabel("retention (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "fidelity.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
+
+
+def markdown(result: dict[str, Any], images: str) -> str:
+    f = result
+    parts = [
+        "## Fidelity on real video features",
+        "",
+        "Clips: "
+        + ", ".join(f"{k} {v}" for k, v in f["clips"].items())
+        + " (EfficientNet-Lite0 stage-5 grids, 32 frames each). Mean over the clips.",
+        "",
+    ]
+    for ratio in sorted({r["ratio"] for r in f["rows"]}, reverse=True):
+        rows = [r for r in f["rows"] if r["ratio"] == ratio]
+        parts += [
+            f"**{ratio:.0%} retention**",
+            "",
+            table(
+                ["method", "tokens", "fidelity s1", "s4", "s16", "with size bias s4", "coverage mean", "coverage p5"],
+                [
+                    [
+                        r["method"],
+                        int(r["tokens"]),
+                        f"{r['fidelity_s1']:.4f}",
+                        f"{r['fidelity_s4']:.4f}",
+                        f"{r['fidelity_s16']:.4f}",
+                        f"{r['fidelity_bias_s4']:.4f}",
+                        f"{r['coverage_mean']:.4f}",
+                        f"{r['coverage_p5']:.4f}",
+                    ]
+                    for r in rows
+                ],
+            ),
+            "",
+        ]
+    parts += [f"![fidelity]({images}/fidelity.png)", ""]
+    return "\n".join(parts)
+
+
+PART = Part("fidelity", run, markdown, plot, needs_video=True)

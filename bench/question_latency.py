@@ -1,6 +1,6 @@
 """End-to-end question latency vs the bare prefill of the same tokens, same run.
 
-    python -m agents.bench [--questions 5] [--dtype float32]
+    streamvid bench qa [--questions 5] [--dtype float32]
 
 The memory holds an hour of 1 fps video (225 segments of 16 frames x 196 tokens,
 D = 896, compressed at 15%) under a cap of 1% of the raw tokens; the LM has the
@@ -10,8 +10,6 @@ prefill + 16 decoded tokens, and, on the very same Prefill, the bare prefill.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,9 +20,10 @@ import numpy as np
 import torch
 
 from agents.qa import VideoQA
+from bench.memory_speed import synthetic_segment, unit_keys
+from bench.parts import Part
 from bench.random_models import build_llava_with_lm
 from memory import TokenMemory
-from memory.bench import synthetic_segment, unit_keys
 
 
 class _KeyEmbedder:
@@ -43,7 +42,9 @@ class _KeyEmbedder:
         return torch.from_numpy(unit_keys(len(texts), int(self.rng.integers(1 << 30))))
 
 
-def run(questions: int = 5, dtype: str = "float32", k: int = 4, root: Path | None = None) -> dict[str, Any]:
+def run_question_latency(
+    questions: int = 5, dtype: str = "float32", k: int = 4, root: Path | None = None
+) -> dict[str, Any]:
     root = root or Path(tempfile.mkdtemp(prefix="streamvid-qabench-"))
     dim, seg_frames, segments = 896, 16, 225
     cap = int(0.01 * 3600 * 196)
@@ -92,24 +93,35 @@ def run(questions: int = 5, dtype: str = "float32", k: int = 4, root: Path | Non
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--questions", type=int, default=5)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--out", type=Path, default=Path("bench-out/qa.json"))
-    args = parser.parse_args()
-    report = run(args.questions, args.dtype)
+def run(profile: Any, progress: Any = None) -> dict[str, Any]:
+    return run_question_latency(questions=profile.qa_questions)
+
+
+def summary(report: dict[str, Any]) -> str:
     m = report["median"]
-    print(
-        f"median over {args.questions} questions ({m['prompt_tokens']:.0f} prompt tokens, {report['dtype']}): "
-        f"retrieve {m['retrieve'] * 1e3:.1f} ms + assemble {m['assemble'] * 1e3:.1f} ms + prefill "
-        f"{m['prefill'] * 1e3:.0f} ms + 16-token decode {m['decode'] * 1e3:.0f} ms = {m['total'] * 1e3:.0f} ms; "
-        f"bare prefill {m['bare_prefill'] * 1e3:.0f} ms; memory overhead {m['overhead_vs_bare_prefill']:.1%} "
-        f"of the bare prefill"
+    return (
+        f"median over {len(report['questions'])} questions ({m['prompt_tokens']:.0f} prompt tokens, "
+        f"{report['dtype']}): retrieve {m['retrieve'] * 1e3:.1f} ms + assemble {m['assemble'] * 1e3:.1f} ms + "
+        f"prefill {m['prefill'] * 1e3:.0f} ms + 16-token decode {m['decode'] * 1e3:.0f} ms = "
+        f"{m['total'] * 1e3:.0f} ms; bare prefill {m['bare_prefill'] * 1e3:.0f} ms; memory overhead "
+        f"{m['overhead_vs_bare_prefill']:.1%} of the bare prefill"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
 
 
-if __name__ == "__main__":
-    main()
+def markdown(result: dict[str, Any], images: str) -> str:
+    q = result["median"]
+    return (
+        "## Question latency\n\n"
+        f"Median over {len(result['questions'])} questions, {q['prompt_tokens']:.0f} prompt tokens: "
+        f"retrieve {q['retrieve'] * 1e3:.1f} ms, assemble {q['assemble'] * 1e3:.1f} ms, prefill "
+        f"{q['prefill'] * 1e3:.0f} ms, 16-token decode {q['decode'] * 1e3:.0f} ms; bare prefill "
+        f"{q['bare_prefill'] * 1e3:.0f} ms. The memory adds {q['overhead_vs_bare_prefill']:.1%} "
+        "to the bare prefill.\n"
+    )
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    return {"memory overhead /\nbare prefill %": 100 * result["median"]["overhead_vs_bare_prefill"]}
+
+
+PART = Part("qa", run, markdown, ratios=ratios)

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from bench.parts import Part
 from bench.random_models import build_llava_with_lm
+from bench.report import table
 from streamvid.compress import create_compressor
 from streamvid.errors import ConfigError
 from streamvid.types import TokenGrid
@@ -110,3 +112,33 @@ def run_prefill_benchmark(
                 }
             )
     return report
+
+
+def run(profile: Any, progress: Any = None) -> dict[str, Any]:
+    return run_prefill_benchmark(dtypes=profile.prefill_dtypes, repeats=profile.prefill_repeats, progress=progress)
+
+
+def markdown(result: dict[str, Any], images: str) -> str:
+    rows = [
+        [r["dtype"], r["method"], f"{r['ratio']:.0%}", r["tokens"], f"{r['seconds']:.2f}", f"{r['speedup']:.2f}x"]
+        for r in result["rows"]
+    ]
+    return "\n".join(
+        [
+            "## Prefill, all tokens vs InfoMerge",
+            "",
+            table(["dtype", "method", "ratio", "tokens", "seconds", "speed-up"], rows),
+            "",
+        ]
+    )
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    return {
+        f"prefill speed-up\n{r['dtype']} {r['ratio']:.0%}": r["speedup"]
+        for r in result["rows"]
+        if r["method"] == "infomerge"
+    }
+
+
+PART = Part("prefill", run, markdown, ratios=ratios)

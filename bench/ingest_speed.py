@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.parts import Part
 from streamvid.ingest import IngestPipeline, Sampler, StreamingSegmenter
 
 __all__ = ["run_ingest_benchmark"]
@@ -38,3 +39,24 @@ def run_ingest_benchmark(video: Path, fps: float = 2.0, max_size: int = 448, rep
         "realtime_factor": best.realtime_factor,
         "all_realtime_factors": [s.realtime_factor for s in runs],
     }
+
+
+def run(profile: Any, progress: Any = None) -> dict[str, Any]:
+    from bench.media import fetch_vtest
+
+    return run_ingest_benchmark(fetch_vtest(), repeats=profile.ingest_repeats)
+
+
+def markdown(result: dict[str, Any], images: str) -> str:
+    i = result
+    return (
+        f"## Ingest\n\n{Path(i['video']).name}: decode + {i['fps']:g} fps sampling + streaming "
+        f"segmentation at **{i['realtime_factor']:.1f}x real time**.\n"
+    )
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    return {"ingest x real time": result["realtime_factor"]}
+
+
+PART = Part("ingest", run, markdown, ratios=ratios, needs_video=True)

@@ -1,4 +1,8 @@
-"""The ``streamvid`` command: ingest, watch, ask, inspect (plus demo and bench)."""
+"""Commands on videos and memories: ingest, watch, ask, inspect; and sample-video, demo.
+
+Every model, torch and the memory are imported inside the commands, so ``--help`` and
+argument errors stay fast. Errors print one line and exit 1.
+"""
 
 from __future__ import annotations
 
@@ -11,40 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from streamvid.cli import _fail, app, bench_app, console
-from streamvid.embedders import DEFAULT_EMBEDDER
+from cli.common import DEFAULT_CAP, DeviceOpt, EmbedderOpt, ModelOpt, console, fail
+from cli.settings import load_settings
 from streamvid.errors import StreamvidError
 
-DEFAULT_MODEL = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
-DEFAULT_CAP = 200_000
-SETTINGS = "streamvid.json"
-
-ModelOpt = Annotated[str | None, typer.Option(help=f"Video-LLM (hub name or dir); default {DEFAULT_MODEL}")]
-EmbedderOpt = Annotated[str | None, typer.Option(help=f"retrieval embedder, or 'none'; default {DEFAULT_EMBEDDER}")]
-DeviceOpt = Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available)")]
-
-
-def _settings(memory: Path, **given: Any) -> dict[str, Any]:
-    """The memory's remembered settings, updated with what was given now."""
-    path = memory / SETTINGS
-    stored = json.loads(path.read_text()) if path.exists() else {}
-    merged = {
-        "model": DEFAULT_MODEL,
-        "embedder": DEFAULT_EMBEDDER,
-        "compressor": "infomerge",
-        "ratio": 0.15,
-        "fps": 1.0,
-        **stored,
-        **{k: v for k, v in given.items() if v is not None},
-    }
-    memory.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=2))
-    return merged
+__all__ = ["ask", "demo", "ingest", "inspect", "sample_video", "watch"]
 
 
 def _components(settings: dict[str, Any], memory_dir: Path, cap_tokens: int | None, device: str | None):
+    """The Video-LLM, embedder, compressor and memory a memory's settings name."""
     from memory import TokenMemory
     from streamvid.compress import create_compressor
     from streamvid.embedders import load_embedder
@@ -67,27 +47,30 @@ def _ingest(
     device: str | None,
     stream: str,
     live: bool | None,
+    max_reconnects: int = 5,
     progress: bool = True,
 ):
-    from agents.indexer import SegmentIndexer
-    from streamvid.ingest import IngestPipeline, Sampler, StreamingSegmenter, open_source
+    """(the wired ingest, the memory, the Video-LLM, the embedder)."""
+    from agents.ingest import build_ingest
+    from streamvid.ingest import open_source
 
     source = open_source(source)  # a bad path fails here, before any model is loaded
     llm, embedder, compressor, memory = _components(settings, memory_dir, cap, device)
-    indexer = SegmentIndexer(llm, compressor, embedder, memory, stream_id=stream)
-    pipeline = IngestPipeline(
+    job = build_ingest(
         source,
-        indexer,
-        sampler=Sampler(fps=settings["fps"]),
-        segmenter=StreamingSegmenter(stream_id=stream),
-        live=live,
-        progress=progress,
+        memory,
+        llm,
+        embedder,
+        compressor,
         stream_id=stream,
+        fps=settings["fps"],
+        live=live,
+        max_reconnects=max_reconnects,
+        progress=progress,
     )
-    return pipeline, indexer, memory, (llm, embedder)
+    return job, memory, llm, embedder
 
 
-@app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="a video file or a stream URL")],
     memory: Annotated[Path, typer.Option(help="memory directory (created if new)")],
@@ -98,17 +81,18 @@ def ingest(
     cap_tokens: Annotated[int | None, typer.Option(help="global cap on tokens held")] = None,
     fps: Annotated[float | None, typer.Option(help="frames sampled per second")] = None,
     stream: Annotated[str, typer.Option(help="stream id for these segments")] = "default",
+    max_reconnects: Annotated[int, typer.Option(help="reconnect attempts in a row for a live source")] = 5,
     device: DeviceOpt = None,
 ) -> None:
     """Ingest a file (or a stream until it ends) into a memory."""
     try:
-        settings = _settings(memory, model=model, embedder=embedder, compressor=compressor, ratio=ratio, fps=fps)
-        pipeline, indexer, mem, _ = _ingest(source, memory, settings, cap_tokens, device, stream, live=None)
-        stats = pipeline.run()
+        settings = load_settings(memory, model=model, embedder=embedder, compressor=compressor, ratio=ratio, fps=fps)
+        job, mem, _, _ = _ingest(source, memory, settings, cap_tokens, device, stream, None, max_reconnects)
+        stats = job.run()
         s = mem.stats()
         mem.close()
     except StreamvidError as err:
-        _fail(err)
+        fail(err)
     console.print(
         f"ingested {stats.frames_sampled} frames into {stats.segments} segments "
         f"({stats.realtime_factor:.1f}x real time); memory holds {s.tokens_held}/{s.token_cap} tokens in "
@@ -116,7 +100,6 @@ def ingest(
     )
 
 
-@app.command()
 def watch(
     url: Annotated[str, typer.Argument(help="a live source: rtsp/http/tcp/udp URL or /dev/videoN")],
     memory: Annotated[Path, typer.Option(help="memory directory")],
@@ -126,26 +109,27 @@ def watch(
     fps: Annotated[float | None, typer.Option(help="frames sampled per second")] = None,
     stream: Annotated[str, typer.Option(help="stream id")] = "camera",
     duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: Ctrl-C)")] = None,
+    max_reconnects: Annotated[int, typer.Option(help="reconnect attempts in a row before giving up")] = 5,
     device: DeviceOpt = None,
 ) -> None:
     """Ingest a live source until Ctrl-C or --duration (frames are dropped, never the source blocked)."""
     try:
-        settings = _settings(memory, model=model, embedder=embedder, fps=fps)
-        pipeline, _, mem, _ = _ingest(url, memory, settings, cap_tokens, device, stream, live=True)
+        settings = load_settings(memory, model=model, embedder=embedder, fps=fps)
+        job, mem, _, _ = _ingest(url, memory, settings, cap_tokens, device, stream, True, max_reconnects)
     except StreamvidError as err:
-        _fail(err)
+        fail(err)
     stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: (pipeline.stop(), stop.set()))
+    previous = signal.signal(signal.SIGINT, lambda *_: (job.stop(), stop.set()))
     deadline = None if duration is None else time.monotonic() + duration
     try:
-        pipeline.start()
-        while not stop.wait(0.5) and pipeline.running:
+        job.start()
+        while not stop.wait(0.5) and job.running:
             if deadline is not None and time.monotonic() >= deadline:
-                pipeline.stop()
+                job.stop()
                 break
-        stats = pipeline.join(timeout=60)
+        stats = job.join(timeout=60)
     except StreamvidError as err:
-        _fail(err)
+        fail(err)
     finally:
         signal.signal(signal.SIGINT, previous)
         mem.close()
@@ -157,14 +141,13 @@ def watch(
 
 def _video_memory(video: Path, settings: dict[str, Any]) -> Path:
     """A cached memory for a video file, keyed by the file and the settings."""
-    from streamvid.eval.media import cache_dir
+    from streamvid.cache import cache_root
 
     st = video.stat()
     ident = json.dumps([str(video.resolve()), st.st_size, st.st_mtime_ns, settings], sort_keys=True)
-    return cache_dir().parent / "memories" / hashlib.sha1(ident.encode()).hexdigest()[:16]
+    return cache_root() / "memories" / hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
-@app.command()
 def ask(
     target: Annotated[Path, typer.Argument(help="a memory directory, or a video file (ingested first, cached)")],
     question: Annotated[str, typer.Argument(help="the question")],
@@ -178,7 +161,7 @@ def ask(
     device: DeviceOpt = None,
 ) -> None:
     """Answer a question about a memory or a video file."""
-    from agents.qa import VideoQA
+    from cli.common import DEFAULT_EMBEDDER, DEFAULT_MODEL
 
     try:
         if not target.exists():
@@ -186,23 +169,25 @@ def ask(
         if target.is_dir():
             if not (target / "manifest.sqlite").exists():
                 raise StreamvidError(f"{target} is not a streamvid memory; create one with 'streamvid ingest'")
-            settings = _settings(target, model=model, embedder=embedder)
+            settings = load_settings(target, model=model, embedder=embedder)
             llm, emb, _, mem = _components(settings, target, None, device)
         else:
             base = {"model": model or DEFAULT_MODEL, "embedder": embedder or DEFAULT_EMBEDDER}
             mem_dir = _video_memory(target, base)
-            settings = _settings(mem_dir, **base)
+            settings = load_settings(mem_dir, **base)
             if not (mem_dir / "manifest.sqlite").exists():
-                pipeline, _, mem, (llm, emb) = _ingest(str(target), mem_dir, settings, None, device, "default", None)
-                pipeline.run()
+                job, mem, llm, emb = _ingest(str(target), mem_dir, settings, None, device, "default", None)
+                job.run()
             else:
                 llm, emb, _, mem = _components(settings, mem_dir, None, device)
+        from agents.qa import VideoQA
+
         time_range = None if start is None and end is None else (start or 0.0, end if end is not None else 1e12)
         qa = VideoQA(llm, mem, emb, k=k, max_new_tokens=max_new_tokens)
         answer = qa.ask(question, time_range=time_range, streams=[stream] if stream else None)
         mem.close()
     except StreamvidError as err:
-        _fail(err)
+        fail(err)
     console.print(f"[bold]{answer.text}[/]")
     if answer.segments:
         used = ", ".join(
@@ -217,17 +202,18 @@ def ask(
     )
 
 
-@app.command()
 def inspect(
     memory: Annotated[Path, typer.Argument(help="memory directory")],
     plot: Annotated[Path | None, typer.Option(help="PNG path (default: DIR/budgets.png)")] = None,
     limit: Annotated[int, typer.Option(help="rows shown")] = 50,
 ) -> None:
     """Table of segments and budgets, and a PNG plot of budget per segment over time with the cap."""
+    from rich.table import Table
+
     from memory import TokenMemory
 
     if not (memory / "manifest.sqlite").exists():
-        _fail(StreamvidError(f"{memory} is not a streamvid memory; create one with 'streamvid ingest'"))
+        fail(StreamvidError(f"{memory} is not a streamvid memory; create one with 'streamvid ingest'"))
     with TokenMemory(memory) as mem:
         stats = mem.stats()
         segments = mem.timeline()
@@ -238,16 +224,8 @@ def inspect(
     for col in ("id", "stream", "start", "end", "frames", "tokens", "of", "status"):
         table.add_column(col, justify="left" if col in ("stream", "status") else "right")
     for s in segments[:limit]:
-        table.add_row(
-            str(s.id),
-            s.stream,
-            f"{s.start:.1f}",
-            f"{s.end:.1f}",
-            str(s.frame_count),
-            str(s.tokens),
-            str(s.original_tokens),
-            s.status,
-        )
+        row = (s.id, s.stream, f"{s.start:.1f}", f"{s.end:.1f}", s.frame_count, s.tokens, s.original_tokens, s.status)
+        table.add_row(*map(str, row))
     console.print(table)
     if len(segments) > limit:
         console.print(f"... {len(segments) - limit} more")
@@ -259,13 +237,13 @@ def inspect(
         )
     path = plot or memory / "budgets.png"
     try:
-        _plot(segments, stats.token_cap, path)
+        _plot_budgets(segments, stats.token_cap, path)
     except ImportError:
-        _fail(StreamvidError("the plot needs matplotlib: pip install 'streamvid[bench]'"))
+        fail(StreamvidError("the plot needs matplotlib: pip install 'streamvid[bench]'"))
     console.print(f"wrote {path}")
 
 
-def _plot(segments: list[Any], cap: int | None, path: Path) -> None:
+def _plot_budgets(segments: list[Any], cap: int | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,9 +265,8 @@ def _plot(segments: list[Any], cap: int | None, path: Path) -> None:
     ax.set_xlabel("stream time (s)")
     ax.set_ylabel("tokens per segment")
     ax2 = ax.twinx()
-    order = sorted(live, key=lambda s: s.start)
     total, xs, ys = 0, [], []
-    for s in order:
+    for s in sorted(live, key=lambda s: s.start):
         total += s.tokens
         xs.append(s.end)
         ys.append(total)
@@ -307,49 +284,45 @@ def _plot(segments: list[Any], cap: int | None, path: Path) -> None:
     plt.close(fig)
 
 
-@bench_app.command("memory")
-def bench_memory(
-    out: Annotated[Path, typer.Option(help="JSON output")] = Path("bench-out/memory.json"),
-    quick: Annotated[bool, typer.Option(help="10^3/10^4 segments and 1 hour")] = False,
+def sample_video(
+    path: Annotated[Path, typer.Argument(help="where to write the video (.mp4)")] = Path("sample.mp4"),
 ) -> None:
-    """Search latency, rebalance time, bytes per hour, RSS over time (python -m memory.bench)."""
-    import sys
+    """Write a 24 s sample video (four scenes of a coloured square moving) to try streamvid on."""
+    from streamvid.sample import write_sample_video
 
-    from memory import bench
+    scenes = write_sample_video(path)
+    console.print(f"wrote {path}:")
+    for start, end, caption in scenes:
+        console.print(f"  {start:4.1f}-{end:4.1f} s  {caption}")
 
-    sys.argv = ["memory.bench", "--out", str(out)] + (["--quick"] if quick else [])
-    bench.main()
 
-
-@bench_app.command("run")
-def bench_run(
-    profile: Annotated[str, typer.Option(help="quick (minutes) or full")] = "quick",
-    out: Annotated[Path, typer.Option(help="output directory (report.json, PNG plots)")] = Path("bench-out"),
-    docs: Annotated[Path | None, typer.Option(help="also write this markdown page (e.g. docs/benchmarks.md)")] = None,
-    parts: Annotated[str | None, typer.Option(help="comma-separated subset of the parts")] = None,
+def demo(
+    video: Annotated[Path | None, typer.Argument(help="a video file; default: a synthetic clip")] = None,
+    ratio: Annotated[float, typer.Option(help="fraction of tokens to keep, in (0, 1]")] = 0.15,
 ) -> None:
-    """The evaluation suite: fidelity, needles, speed and memory, every compressor side by side."""
-    import shutil
+    """Compress a 32-frame clip with every compressor and compare fidelity side by side."""
+    from rich.table import Table
 
-    from agents.evaluate import run_suite, write_markdown
+    from bench.demo import run_demo
 
     try:
-        report = run_suite(profile, out, progress=console, parts=tuple(parts.split(",")) if parts else None)
+        grid, rows = run_demo(ratio=ratio, video=video)
     except StreamvidError as err:
-        _fail(err)
-    if docs is not None:
-        images = docs.parent / "benchmarks"
-        images.mkdir(parents=True, exist_ok=True)
-        for png in out.glob("*.png"):
-            shutil.copy(png, images / png.name)
-        write_markdown(report, docs, images, f"streamvid bench run --profile {profile} --docs {docs}")
-        console.print(f"wrote {docs}")
-    console.print(f"wrote {out / 'report.json'}")
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
+        fail(err)
+    t, h, w, d = grid.tokens.shape
+    table = Table(title=f"{t} frames x {h}x{w} tokens (D={d}) at {ratio:.0%} retention")
+    for col in ("method", "tokens", "segments", "ms", "fidelity", "fidelity (size bias)"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(
+            r.method,
+            str(r.tokens),
+            str(r.segments),
+            f"{r.milliseconds:.1f}",
+            f"{r.fidelity:.4f}",
+            f"{r.fidelity_size_bias:.4f}",
+        )
+    console.print(table)
+    console.print(
+        "fidelity: mean cosine of attention outputs over the kept tokens vs all tokens (sharpness 4); 1.0 is lossless."
+    )

@@ -1,6 +1,6 @@
 """Token memory benchmark: search latency, rebalance time, bytes per hour, RSS over time.
 
-    python -m memory.bench --out bench-out/memory.json [--quick]
+    streamvid bench memory [--quick] [--out bench-out/memory.json]
 
 Segments are synthetic (random tokens with exact provenance); the memory does not
 look inside them beyond CABA statistics, so this measures the memory itself.
@@ -8,8 +8,6 @@ look inside them beyond CABA statistics, so this measures the memory itself.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import shutil
@@ -22,7 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from memory.token_memory import TokenMemory
+from bench.parts import Part
+from bench.report import table
+from memory import TokenMemory
 from streamvid.types import CompressedSegment
 
 KEY_DIM = 768
@@ -153,13 +153,13 @@ def bench_hours(
     with TokenMemory(path, cap_tokens=cap) as mem:
         for i in range(segments):
             mem.add(synthetic_segment(i, round(ratio * seg_frames * 196), seg_frames, dim), keys[i])
-            stats_tokens = sum(mem._live.tokens)
+            stats_tokens = mem.tokens_held
             held.append(stats_tokens)
             if stats_tokens > cap:
                 raise AssertionError(f"cap exceeded after add {i}: {stats_tokens} > {cap}")
             if i % 25 == 0 or i == segments - 1:
                 rss.append({"segments": i + 1, "hours": (i + 1) * seg_frames / 3600, "rss_mb": rss_mb()})
-            if i + 1 == per_hour:
+            if i + 1 == min(per_hour, segments):  # (the whole run, when shorter than an hour)
                 first_hour = mem.stats()
         final = mem.stats()
     wall = time.perf_counter() - t0
@@ -180,46 +180,95 @@ def bench_hours(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("bench-out/memory.json"))
-    parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
-    parser.add_argument("--quick", action="store_true", help="10^3/10^4 segments and 1 hour instead")
-    args = parser.parse_args()
-    root = args.work or Path(tempfile.mkdtemp(prefix="streamvid-membench-"))
+def run_memory_benchmark(
+    search_sizes: tuple[int, ...] = (10_000, 100_000),
+    rebalance_segments: int = 10_000,
+    hours: float = 4.0,
+    root: Path | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Search at each size (Flat and HNSW), rebalance at ``rebalance_segments``, ``hours`` of 1 fps."""
+    say = progress.log if progress is not None else (lambda *_: None)
+    root = root or Path(tempfile.mkdtemp(prefix="streamvid-membench-"))
     root.mkdir(parents=True, exist_ok=True)
-    sizes = (1_000, 10_000) if args.quick else (10_000, 100_000)
     report: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus", "torch": torch.__version__}
-    report["search"] = [bench_search(root, n) for n in sizes]
+    report["search"] = []
+    for n in search_sizes:
+        report["search"].append(bench_search(root, n))
+        say(f"search at {n} segments: done")
+    report["rebalance"] = bench_rebalance(root, rebalance_segments, 20, 896)
+    say("rebalance: done")
+    report["hours"] = bench_hours(root, hours)
+    return report
+
+
+def run(profile: Any, progress: Any = None) -> dict[str, Any]:
+    return run_memory_benchmark(
+        profile.memory_search_sizes, profile.memory_rebalance_segments, profile.memory_hours, progress=progress
+    )
+
+
+def summary(report: dict[str, Any]) -> list[str]:
+    """The result as printed lines."""
+    lines = []
     for row in report["search"]:
         for factory in FACTORIES:
             r = row[factory]
-            print(
+            lines.append(
                 f"search @ {row['segments']:>6} segments, {factory:<18}: p50 {r['plain']['p50_ms']:.3f} ms, "
                 f"p99 {r['plain']['p99_ms']:.3f} ms; time-filtered p50 {r['time_filter']['p50_ms']:.3f} ms, "
                 f"p99 {r['time_filter']['p99_ms']:.3f} ms"
             )
-    report["rebalance"] = bench_rebalance(root, 1_000 if args.quick else 10_000, 20, 896)
     r = report["rebalance"]
     adds = ", ".join(f"{s:.3f}" for s in r["add_at_cap_seconds"])
     touched = r["rebalance_at_cap"]["touched"] if r["rebalance_at_cap"] else 0
-    print(
+    lines.append(
         f"rebalance @ {r['segments']} segments: add at the cap {adds} s ({touched} re-merged); "
         f"full re-merge of every segment {r['full_rebalance']['seconds']:.1f} s"
     )
-    report["hours"] = bench_hours(root, 1.0 if args.quick else 4.0)
     h = report["hours"]
     rss = [p["rss_mb"] for p in h["rss"]]
-    print(
+    lines.append(
         f"{h['hours']} h at 1 fps (cap {h['cap_tokens']} tokens = 1% of raw): max held {h['max_tokens_held']}, "
         f"disk after 1 h {h['disk_bytes_after_1h'] / 2**20:.1f} MiB "
         f"(payload {h['payload_bytes_after_1h'] / 2**20:.1f} MiB), "
         f"RSS {rss[0]:.0f} -> {rss[len(rss) // 2]:.0f} -> {rss[-1]:.0f} MB, {h['mean_add_ms']:.1f} ms per add"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    return lines
 
 
-if __name__ == "__main__":
-    main()
+def markdown(result: dict[str, Any], images: str) -> str:
+    rows = []
+    for s in result["search"]:
+        for factory in FACTORIES:
+            r = s[factory]
+            rows.append(
+                [
+                    s["segments"],
+                    factory,
+                    f"{r['plain']['p50_ms']:.3f}",
+                    f"{r['plain']['p99_ms']:.3f}",
+                    f"{r['time_filter']['p50_ms']:.3f}",
+                ]
+            )
+    rb, h = result["rebalance"], result["hours"]
+    rss = [p["rss_mb"] for p in h["rss"]]
+    return "\n".join(
+        [
+            "## Token memory",
+            "",
+            table(["segments", "index", "p50 ms", "p99 ms", "filtered p50 ms"], rows),
+            "",
+            f"Rebalance at {rb['segments']} segments: an add at the cap takes "
+            f"{', '.join(f'{x:.3f}' for x in rb['add_at_cap_seconds'])} s; re-merging every segment "
+            f"(cap halved) {rb['full_rebalance']['seconds']:.1f} s.",
+            "",
+            f"{h['hours']:.0f} h at 1 fps under a 1% cap ({h['cap_tokens']} tokens): at most "
+            f"{h['max_tokens_held']} held; {h['disk_bytes_after_1h'] / 2**20:.1f} MiB on disk after one hour "
+            f"({h['payload_bytes_after_1h'] / 2**20:.1f} MiB of tokens); RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB.",
+            "",
+        ]
+    )
+
+
+PART = Part("memory", run, markdown)

@@ -1,0 +1,2 @@
+"""The ``streamvid`` command line: ``cli.main:app`` assembles the commands of ``cli.commands``
+and ``cli.bench_commands``. Importing it imports no model, no torch."""
