@@ -21,6 +21,7 @@ import string
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ def run_harness(
     for mode in modes:
         if mode.startswith("streaming"):
             ratio = float(mode.split("@")[1]) if "@" in mode else 0.15
-            records[mode] = _streaming(llm, questions, ratio, fps, cap_tokens, embedder or NoEmbedder(), max_new_tokens)
+            run = _Streaming(llm, ratio, fps, cap_tokens, embedder or NoEmbedder(), max_new_tokens)
+            records[mode] = run.run(questions)
             continue
         name, _, ratio = mode.partition("@")
         compressor = create_compressor("keep_all" if name == "full" else name, ratio=float(ratio or 1.0))
@@ -128,51 +130,41 @@ def run_harness(
     }
 
 
-def _streaming(
-    llm: VideoLLM,
-    questions: list[dict[str, Any]],
-    ratio: float,
-    fps: float,
-    cap_tokens: int,
-    embedder: Embedder,
-    max_new_tokens: int,
-) -> list[dict[str, Any]]:
-    """Ingest each video as it plays; ask each question when the stream reaches its time."""
-    by_video: dict[Path, list[dict[str, Any]]] = defaultdict(list)
-    for q in questions:
-        by_video[q["video"]].append(q)
-    out: list[dict[str, Any]] = []
-    for video, qs in by_video.items():
-        out += _stream_one(llm, video, qs, ratio, fps, cap_tokens, embedder, max_new_tokens)
-    return out
+@dataclass(frozen=True)
+class _Streaming:
+    """Streaming mode: each video is ingested as it plays and each question is asked when
+    the stream reaches its time, from what the memory holds then."""
 
+    llm: VideoLLM
+    ratio: float
+    fps: float
+    cap_tokens: int
+    embedder: Embedder
+    max_new_tokens: int
 
-def _stream_one(
-    llm: VideoLLM,
-    video: Path,
-    questions: list[dict[str, Any]],
-    ratio: float,
-    fps: float,
-    cap_tokens: int,
-    embedder: Embedder,
-    max_new_tokens: int,
-) -> list[dict[str, Any]]:
-    pending = sorted(questions, key=lambda q: q.get("time", float("inf")))
-    out: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        memory = TokenMemory(tmp, cap_tokens=cap_tokens)
-        qa = VideoQA(llm, memory, embedder, k=4, max_new_tokens=max_new_tokens, history_turns=0)
+    def run(self, questions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        by_video: dict[Path, list[dict[str, Any]]] = defaultdict(list)
+        for q in sorted(questions, key=lambda q: q.get("time", float("inf"))):
+            by_video[q["video"]].append(q)
+        return [record for video, pending in by_video.items() for record in self.one_video(video, pending)]
 
-        def ask_due(now: float) -> None:
-            while pending and pending[0].get("time", float("inf")) <= now:
-                q = pending.pop(0)
-                answer = qa.ask(mc_prompt(q["question"], q["options"]), time_range=(0.0, now), remember=False)
-                out.append(_record(q, answer.text, asked_at=now, visual_tokens=answer.prompt_tokens))
+    def one_video(self, video: Path, pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        with tempfile.TemporaryDirectory() as tmp:
+            memory = TokenMemory(tmp, cap_tokens=self.cap_tokens)
+            qa = VideoQA(self.llm, memory, self.embedder, k=4, max_new_tokens=self.max_new_tokens, history_turns=0)
 
-        compressor = create_compressor("infomerge", ratio=ratio)
-        build_ingest(
-            video, memory, llm, embedder, compressor, fps=fps, on_stored=lambda seg, _sid: ask_due(seg.end_time)
-        ).run()
-        ask_due(float("inf"))  # questions after the end (or without a time)
-        memory.close()
-    return out
+            def ask_due(now: float) -> None:
+                while pending and pending[0].get("time", float("inf")) <= now:
+                    q = pending.pop(0)
+                    answer = qa.ask(mc_prompt(q["question"], q["options"]), time_range=(0.0, now), remember=False)
+                    out.append(_record(q, answer.text, asked_at=now, visual_tokens=answer.prompt_tokens))
+
+            def on_stored(segment: Any, _sid: int) -> None:
+                ask_due(segment.end_time)
+
+            compressor = create_compressor("infomerge", ratio=self.ratio)
+            build_ingest(video, memory, self.llm, self.embedder, compressor, fps=self.fps, on_stored=on_stored).run()
+            ask_due(float("inf"))  # questions after the end (or without a time)
+            memory.close()
+        return out
