@@ -1,4 +1,4 @@
-"""Re-merge (spec 2): shrink an already compressed segment to a smaller budget.
+"""Re-merge (docs/algorithms.md, "Re-merge"): shrink an already compressed segment to a smaller budget.
 
 The raw tokens are gone, so merging works on the kept tokens and their sizes:
 repeated bipartite soft matching (tokens alternate into two sets in temporal
