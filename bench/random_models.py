@@ -3,7 +3,7 @@
 Two kinds, in one place:
 
 - tiny checkpoints saved to disk the way real ones are (``tiny_llava``, ``tiny_qwen``,
-  ``tiny_siglip``): loaded back through the real ``from_pretrained`` path by the
+  ``tiny_siglip``, ``tiny_siglip_vision``): loaded back through the real ``from_pretrained`` path by the
   tests, the examples' tests and the small benchmarks;
 - shape-true models (``qwen2_shape``, ``build_llava_with_lm``, ``siglip_so400m_encoder``):
   their outputs are meaningless but their cost is exactly the real model's cost, for the
@@ -36,6 +36,7 @@ __all__ = [
     "tiny_llava",
     "tiny_qwen",
     "tiny_siglip",
+    "tiny_siglip_vision",
 ]
 
 
@@ -109,10 +110,11 @@ def tiny_llava(root: Path) -> Path:
             model_type="siglip_vision_model",
             hidden_size=32,
             intermediate_size=64,
-            num_hidden_layers=2,
+            num_hidden_layers=3,  # three, so the late attention map is a layer of its own
             num_attention_heads=2,
             image_size=56,
             patch_size=14,
+            vision_use_head=False,  # as real LLaVA-OneVision checkpoints ship their tower
         ),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<video>"),
@@ -211,6 +213,28 @@ def tiny_siglip(root: Path) -> Path:
     return root
 
 
+def tiny_siglip_vision(
+    root: Path, *, hidden_size: int = 32, heads: int = 2, use_head: bool = True, seed: int = 1
+) -> Path:
+    """A SigLIP vision tower saved as a checkpoint, with its attention-pooling head by default:
+    the stand-in for google/siglip-so400m-patch14-384 as the source of a re-attached saliency
+    head (the defaults fit ``tiny_llava``'s tower)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(seed)
+    config = SiglipVisionConfig(
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=heads,
+        image_size=56,
+        patch_size=14,
+        vision_use_head=use_head,
+    )
+    SiglipVisionModel(config).eval().save_pretrained(root)
+    return root
+
+
 # -- shape-true models for the speed benchmarks ------------------------------------------
 
 
@@ -258,12 +282,13 @@ def build_llava_with_lm(size: str, device: torch.device, dtype: torch.dtype):
             num_attention_heads=2,
             image_size=28,
             patch_size=14,
+            vision_use_head=False,
         ),
         video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
     )
     with torch.device(device):
         model = LlavaOnevisionForConditionalGeneration(config).to(dtype)
-    return LlavaOneVision(model, tokenizer, {})
+    return LlavaOneVision(model, tokenizer, {}, saliency_head=None)
 
 
 def siglip_so400m_encoder(llm_dim: int, device: torch.device, dtype: torch.dtype):

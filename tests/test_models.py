@@ -138,10 +138,13 @@ def test_compressed_prefill_length_positions_and_generation(adapters, name):
     # segments are laid out in time order, each span holding exactly its tokens
     for (a, b), seg in zip(prefill.segment_spans, ordered):
         assert torch.equal(prefill.inputs_embeds[0, a:b], seg.tokens.to(llm.dtype))
-    if name == "llava":
-        assert torch.equal(prefill.position_ids[0], torch.arange(prefill.length))
+    if name == "llava":  # default "original" positions: tests/test_saliency_positions.py
+        assert prefill.position_layout == "original"
+        contiguous = llm.build_prefill("When does it change?", segments, position_layout="contiguous")
+        assert torch.equal(contiguous.position_ids[0], torch.arange(prefill.length))
+        assert torch.equal(contiguous.inputs_embeds, prefill.inputs_embeds)
     else:
-        full = llm._assemble(before, after, [_keep_all_like(s) for s in ordered], True)
+        full = llm._assemble(before, after, [_keep_all_like(s) for s in ordered], True, "original")
         # a kept token's position is the full-layout position of its representative
         for (a, b), seg, (fa, _) in zip(prefill.segment_spans, ordered, full.segment_spans):
             h, w = seg.grid_size

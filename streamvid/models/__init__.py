@@ -8,6 +8,7 @@ substring of the model name) and imports it then.
 >>> llm = load_adapter("llava-hf/llava-onevision-qwen2-0.5b-ov-hf")   # or a local directory
 >>> grid = llm.encode(frames, timestamps)                             # TokenGrid
 >>> prefill = llm.build_prefill("What happens?", segments)            # inputs_embeds, positions
+>>> prefill.saliency_source, prefill.position_layout                   # ("siglip-head", "original")
 >>> answer = llm.generate(prefill, max_new_tokens=64)
 """
 
@@ -45,7 +46,10 @@ def load_adapter(name_or_path: str, **kwargs: Any):
     """Load a checkpoint (hub name or local path) with the adapter for its ``model_type``.
 
     kwargs: ``device``, ``dtype``, ``attn_implementation`` (see the adapter's
-    ``from_pretrained``).
+    ``from_pretrained``) and the adapter options ``saliency_head`` (``"auto"``, a SigLIP hub
+    name or local directory, or None for the fallback), ``attention_scores`` (fill the
+    attention maps in ``TokenGrid.scores`` on encode) and ``position_layout``
+    (``"original"`` or ``"contiguous"``); see ``streamvid.models.base.VideoLLM``.
     """
     from transformers import AutoConfig
 

@@ -24,8 +24,10 @@ __all__ = [
     "Generation",
     "VideoLLM",
     "SegmentLike",
+    "POSITION_LAYOUTS",
     "default_device_dtype",
     "check_frames",
+    "check_position_layout",
 ]
 
 _PLACEHOLDER = "\u2063STREAMVID_VIDEO\u2063"  # never produced by a user; split point of the prompt
@@ -34,6 +36,10 @@ CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# how kept visual tokens are numbered in the prompt (see docs/algorithms.md, Positions):
+# "original": each keeps its index in the uncompressed layout of the segments (gaps kept);
+# "contiguous": numbered 0..L-1 as laid out
+POSITION_LAYOUTS = ("original", "contiguous")
 
 
 class SegmentLike(Protocol):
@@ -53,12 +59,17 @@ class Capabilities:
     video_end_embedding: a learned embedding closes the visual block (LLaVA-OV newline).
     frames_per_token_step: frames folded into one temporal token (Qwen2.5-VL: 2).
     saliency: where the saliency map comes from.
+    position_layouts: the ``position_layout`` values :meth:`VideoLLM.build_prefill` accepts
+        (the first is the default).
+    score_maps: the :attr:`TokenGrid.scores` maps ``encode(..., attention_scores=True)`` can fill.
     """
 
     positions: Literal["1d", "mrope"]
     video_end_embedding: bool
     frames_per_token_step: int
     saliency: str
+    position_layouts: tuple[str, ...] = ("original",)
+    score_maps: tuple[str, ...] = ()
 
 
 @dataclass
@@ -68,6 +79,9 @@ class Prefill:
     inputs_embeds: [1, L, H]; attention_mask: [1, L]; position_ids: [1, L] (1-D) or
     [3, 1, L] (M-RoPE); visual_tokens: how many of the L are video tokens;
     segment_spans: (start, stop) of each segment's tokens in the sequence.
+    position_layout: how the visual tokens were numbered ("original" or "contiguous").
+    saliency_source: which saliency this adapter's encoder runs ("siglip-head",
+    "vision-feature-norm", "merged-token-norm"), recorded with every answer.
     """
 
     inputs_embeds: torch.Tensor
@@ -76,6 +90,8 @@ class Prefill:
     visual_tokens: int
     segment_spans: list[tuple[int, int]] = field(default_factory=list)
     assemble_seconds: float = 0.0
+    position_layout: str = "original"
+    saliency_source: str = "none"
 
     @property
     def length(self) -> int:
@@ -119,6 +135,14 @@ def check_frames(frames: Any, timestamps: Any) -> tuple[torch.Tensor, torch.Tens
     return f, t
 
 
+def check_position_layout(value: Any, accepted: Sequence[str] = POSITION_LAYOUTS) -> str:
+    """A ``position_layout`` value, or a ConfigError listing the accepted ones."""
+    if value not in accepted:
+        choices = ", ".join(repr(a) for a in accepted)
+        raise ConfigError(f"position_layout must be one of {choices}, got {value!r}")
+    return str(value)
+
+
 def read_processor_config(name_or_path: str) -> dict[str, Any]:
     """Merged preprocessor/video processor JSON of a checkpoint ({} when it has none)."""
     from transformers.utils import cached_file
@@ -136,12 +160,32 @@ def read_processor_config(name_or_path: str) -> dict[str, Any]:
 
 
 class VideoLLM(ABC):
-    """A Video-LLM behind stages you can call alone: encode -> (compress) -> prefill -> generate."""
+    """A Video-LLM behind stages you can call alone: encode -> (compress) -> prefill -> generate.
+
+    Options (also keyword arguments of :meth:`from_pretrained` and ``load_adapter``):
+
+    - ``saliency_head``: where a SigLIP pooling head for saliency comes from, for adapters
+      whose tower needs one re-attached: ``"auto"`` (the adapter's default), a hub name or
+      local directory, or ``None`` / ``"none"`` for the fallback (see the adapter).
+    - ``attention_scores``: whether :meth:`encode` fills the attention maps of
+      ``capabilities.score_maps`` by default (opt-in: it runs the tower with eager attention).
+    - ``position_layout``: default numbering of visual tokens in :meth:`build_prefill`, one of
+      ``capabilities.position_layouts``.
+    """
 
     capabilities: ClassVar[Capabilities]
     model_class: ClassVar[str]  # transformers class name
 
-    def __init__(self, model: Any, tokenizer: Any, processor_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        processor_config: dict[str, Any],
+        *,
+        saliency_head: str | None = "auto",
+        attention_scores: bool = False,
+        position_layout: str | None = None,
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.processor_config = processor_config
@@ -149,6 +193,24 @@ class VideoLLM(ABC):
         self.dtype = next(model.parameters()).dtype
         # one model, many threads (ingest and questions): every stage that runs the model holds this
         self.lock = threading.RLock()
+        layouts = self.capabilities.position_layouts
+        layout = layouts[0] if position_layout is None else position_layout
+        self.position_layout = check_position_layout(layout, layouts)
+        self.attention_scores = bool(attention_scores)
+        self._setup_saliency(saliency_head)
+
+    def _setup_saliency(self, saliency_head: str | None) -> None:
+        """Adapters whose tower takes a re-attached pooling head override this."""
+        if saliency_head is not None and str(saliency_head).strip().lower() not in ("auto", "none", "off", ""):
+            raise ConfigError(
+                f"{type(self).__name__} has no SigLIP pooling head to re-attach (its saliency: "
+                f"{self.capabilities.saliency}); leave saliency_head unset"
+            )
+
+    @property
+    def saliency_source(self) -> str:
+        """Which saliency :meth:`encode` computes (recorded in every TokenGrid and Prefill)."""
+        return "none"
 
     @property
     def context_length(self) -> int | None:
@@ -165,8 +227,12 @@ class VideoLLM(ABC):
         dtype: torch.dtype | str | None = None,
         attn_implementation: str | None = None,
         config: Any = None,
+        **options: Any,
     ) -> VideoLLM:
-        """Load weights, tokenizer and preprocessing values from a hub name or local path."""
+        """Load weights, tokenizer and preprocessing values from a hub name or local path.
+
+        ``options``: ``saliency_head``, ``attention_scores``, ``position_layout`` (see the class).
+        """
         import transformers
 
         dev, dt = default_device_dtype(device, dtype)
@@ -178,24 +244,34 @@ class VideoLLM(ABC):
             kwargs["config"] = config
         model = model_cls.from_pretrained(name_or_path, **kwargs).to(dev)
         tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
-        return cls(model, tokenizer, read_processor_config(name_or_path))
+        return cls(model, tokenizer, read_processor_config(name_or_path), **options)
 
     # -- stage 1: encode ---------------------------------------------------------------
 
-    def encode(self, frames: Any, timestamps: Any, *, batch_size: int | None = None) -> TokenGrid:
+    def encode(
+        self,
+        frames: Any,
+        timestamps: Any,
+        *,
+        batch_size: int | None = None,
+        attention_scores: bool | None = None,
+    ) -> TokenGrid:
         """uint8 [T, H, W, 3] frames + [T] seconds -> visual tokens [T', h, w, D] with saliency.
 
         Holds :attr:`lock` while the tower runs; ``batch_size`` frames go through it at once
-        (default: the adapter's own).
+        (default: the adapter's own). ``attention_scores`` (default: the adapter's option)
+        also fills the ``capabilities.score_maps`` attention maps in ``TokenGrid.scores``
+        where the tower can return attention weights (left out otherwise).
         """
         frames, times = check_frames(frames, timestamps)
+        scores = self.attention_scores if attention_scores is None else bool(attention_scores)
         with self.lock, torch.inference_mode():
-            return self._encode(frames, times, batch_size or self.encode_batch_size)
+            return self._encode(frames, times, batch_size or self.encode_batch_size, scores)
 
     encode_batch_size: ClassVar[int] = 8
 
     @abstractmethod
-    def _encode(self, frames: torch.Tensor, times: torch.Tensor, batch_size: int) -> TokenGrid:
+    def _encode(self, frames: torch.Tensor, times: torch.Tensor, batch_size: int, attention_scores: bool) -> TokenGrid:
         """Checked uint8 [T, H, W, 3] frames and float64 [T] seconds -> TokenGrid."""
 
     # -- stage 2: prefill -----------------------------------------------------------------
@@ -230,9 +306,14 @@ class VideoLLM(ABC):
 
     @abstractmethod
     def _assemble(
-        self, before: list[int], after: list[int], segments: Sequence[CompressedSegment], timestamps: bool
+        self,
+        before: list[int],
+        after: list[int],
+        segments: Sequence[CompressedSegment],
+        timestamps: bool,
+        position_layout: str,
     ) -> Prefill:
-        """Lay out text and segment tokens; compute positions."""
+        """Lay out text and segment tokens; compute positions (``position_layout`` is checked)."""
 
     @abstractmethod
     def visual_block_length(self, segments: Sequence[SegmentLike], timestamps: bool = True) -> int:
@@ -262,13 +343,20 @@ class VideoLLM(ABC):
         max_prefill_tokens: int | None = None,
         timestamps: bool = True,
         history: Sequence[tuple[str, str]] = (),
+        position_layout: str | None = None,
     ) -> Prefill:
         """Question + chat template + compressed segments (put in time order) -> Prefill.
 
         A short timestamp text precedes each segment (``timestamps=False`` drops it).
         With ``max_prefill_tokens``, a prompt that does not fit raises BudgetError.
+        ``position_layout`` (default: the adapter's option): ``"original"`` numbers every
+        token by its index in the uncompressed layout of these segments (gaps kept),
+        ``"contiguous"`` numbers them as laid out; see ``capabilities.position_layouts``.
         """
         start = time.perf_counter()
+        layout = check_position_layout(
+            self.position_layout if position_layout is None else position_layout, self.capabilities.position_layouts
+        )
         if not segments:
             raise EmptyInputError("no video segments to answer from; ingest something first")
         dims = {s.dim for s in segments}
@@ -277,7 +365,9 @@ class VideoLLM(ABC):
             raise ShapeError(f"segment tokens have width {sorted(dims)} but this model takes {hidden}")
         ordered = sorted(segments, key=lambda s: (s.start_time, s.stream_id, s.segment_index))
         before, after = self.prompt_parts(question, history)
-        prefill = self._assemble(before, after, ordered, timestamps)
+        prefill = self._assemble(before, after, ordered, timestamps, layout)
+        prefill.position_layout = layout
+        prefill.saliency_source = self.saliency_source
         if max_prefill_tokens is not None and prefill.length > max_prefill_tokens:
             raise BudgetError(
                 f"the prompt needs {prefill.length} tokens ({prefill.visual_tokens} visual) but the "
@@ -303,7 +393,8 @@ class VideoLLM(ABC):
             )
 
     def next_positions(self, prefill: Prefill, step: int) -> torch.Tensor:
-        """Position ids of the step-th generated token (after the prompt)."""
+        """Position ids of the step-th generated token: the prompt's last (largest) position
+        + 1 + step, for either position layout."""
         nxt = int(prefill.position_ids.max()) + 1 + step
         pos = torch.tensor([[nxt]], device=self.device)
         return pos.expand(3, 1, 1) if self.capabilities.positions == "mrope" else pos

@@ -4,7 +4,11 @@ Video path: smart resize to multiples of 28, our own patchify (2 frames per
 temporal patch), the vision tower with its 2x2 merger -> [T/2, h, w, D].
 Positions: M-RoPE computed by the model's own ``get_rope_index`` on the full,
 uncompressed layout of every segment, then gathered to the kept tokens (a merged
-token takes its representative's position). position_ids are always passed.
+token takes its representative's position). position_ids are always passed; this is the
+"original" position layout, the only one M-RoPE takes here.
+Saliency: this tower has no SigLIP pooling head, so the fallback is used: the L2 norm of
+the merged visual tokens (``saliency_source="merged-token-norm"``). Attention maps are not
+implemented for this tower: ``attention_scores`` has no effect and ``TokenGrid.scores`` stays empty.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ class Qwen25VL(VideoLLM):
         positions="mrope",
         video_end_embedding=False,
         frames_per_token_step=2,
-        saliency="norm of the merged visual tokens (no pooling head in this tower)",
+        saliency=(
+            "fallback: L2 norm of the merged visual tokens ('merged-token-norm'); this tower has no "
+            "pooling head to re-attach"
+        ),
+        position_layouts=("original",),
     )
     model_class = "Qwen2_5_VLForConditionalGeneration"
 
@@ -59,7 +67,11 @@ class Qwen25VL(VideoLLM):
 
     encode_batch_size = 16
 
-    def _encode(self, frames: torch.Tensor, times: torch.Tensor, batch_size: int) -> TokenGrid:
+    @property
+    def saliency_source(self) -> str:
+        return "merged-token-norm"
+
+    def _encode(self, frames: torch.Tensor, times: torch.Tensor, batch_size: int, attention_scores: bool) -> TokenGrid:
         """Tokens [ceil(T/2), h, w, D]; the timestamp of a temporal token is its first frame's."""
         temporal, merge = self._vision.temporal_patch_size, self._vision.spatial_merge_size
         batch = max(temporal, batch_size - batch_size % temporal)
@@ -71,8 +83,8 @@ class Qwen25VL(VideoLLM):
             gt, gh, gw = grid[0].tolist()
             tokens.append(feats.reshape(gt, gh // merge, gw // merge, -1))
         grid_tokens = torch.cat(tokens)
-        saliency = grid_tokens.float().norm(dim=-1)
-        return TokenGrid(grid_tokens, times[::temporal], saliency, saliency_source="merged-token-norm")
+        saliency = grid_tokens.float().norm(dim=-1)  # (T', h, w)
+        return TokenGrid(grid_tokens, times[::temporal], saliency, saliency_source=self.saliency_source)
 
     def seconds_per_token_step(self, segment: CompressedSegment) -> float:
         """Seconds between temporal tokens of a segment (its frame_count counts temporal tokens)."""
@@ -85,7 +97,12 @@ class Qwen25VL(VideoLLM):
         return text + sum(s.budget + 2 for s in segments)  # + <|vision_start|> and <|vision_end|>
 
     def _assemble(
-        self, before: list[int], after: list[int], segments: Sequence[CompressedSegment], timestamps: bool
+        self,
+        before: list[int],
+        after: list[int],
+        segments: Sequence[CompressedSegment],
+        timestamps: bool,
+        position_layout: str,
     ) -> Prefill:
         cfg = self.model.config
         merge = self._vision.spatial_merge_size
@@ -148,4 +165,5 @@ class Qwen25VL(VideoLLM):
             position_ids=positions[:, :, columns],  # (3, 1, L)
             visual_tokens=visual,
             segment_spans=spans,
+            position_layout="original",
         )
