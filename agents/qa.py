@@ -31,7 +31,9 @@ class UsedSegment:
 @dataclass
 class Answer:
     """text; segments used (time order); evicted segments the question touched; timings in seconds
-    (retrieve, assemble, prefill, decode, total); time_range used as a filter, if any."""
+    (retrieve, assemble, prefill, decode, total); time_range used as a filter, if any;
+    saliency_source and position_layout of the prefill that produced the text (see
+    docs/algorithms.md, "Saliency" and "Positions")."""
 
     question: str
     text: str
@@ -40,6 +42,8 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     time_range: tuple[float, float] | None = None
     prompt_tokens: int = 0
+    saliency_source: str = "none"
+    position_layout: str = "none"
 
     @property
     def nothing_retained(self) -> bool:
@@ -161,6 +165,7 @@ class VideoQA:
         answer.text = generation.text.strip()
         answer.segments = sorted((_used(s, score) for s, score in live), key=lambda u: (u.start, u.stream))
         answer.prompt_tokens = prefill.length
+        answer.saliency_source, answer.position_layout = prefill.saliency_source, prefill.position_layout
         answer.timings = {
             "retrieve": retrieve_s,
             "assemble": prefill.assemble_seconds,

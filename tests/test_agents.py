@@ -51,6 +51,8 @@ def test_ingest_then_ask_finds_the_planted_moment(llm, video, tmp_path):
         "When is the screen green?", used
     )
     assert set(answer.timings) == {"retrieve", "assemble", "prefill", "decode", "total"}
+    # the tiny tower has no pooling head: the answer records the fallback and the default layout
+    assert (answer.saliency_source, answer.position_layout) == ("vision-feature-norm", "original")
     assert all(v >= 0 for v in answer.timings.values()) and answer.timings["prefill"] > 0
     # two segments come back in time order, whatever their scores
     two = VideoQA(llm, memory, ColorEmbedder(), k=2, max_new_tokens=2).ask("Show me the red parts")
