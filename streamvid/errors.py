@@ -6,7 +6,8 @@ builtin it refines (``ValueError``, ``LookupError``), so callers can catch eithe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 class StreamvidError(Exception):
@@ -51,7 +52,11 @@ class SourceNotFoundError(SourceError, FileNotFoundError):
 
 
 class NoVideoStreamError(SourceError):
-    """The container opened but holds no video stream."""
+    """The input holds no video stream (or is not a video at all)."""
+
+
+class EmptyFileError(NoVideoStreamError):
+    """The file has zero bytes."""
 
 
 class UnsupportedCodecError(SourceError):
@@ -70,8 +75,21 @@ class CorruptVideoError(SourceError):
         return self.args[0]
 
 
-class TruncatedVideoError(CorruptVideoError):
-    """The file ends before the duration its container declares."""
+class DamagedVideoError(CorruptVideoError):
+    """Strict ingest found a hole (corrupt data, skipped decode errors, a timestamp gap, an early end).
+
+    ``holes`` lists what was found so far (``streamvid.ingest.Hole``); the message names the first.
+    """
+
+    def __init__(
+        self, message: str, time: float | None = None, frame: int | None = None, holes: Sequence[Any] = ()
+    ) -> None:
+        super().__init__(message, time, frame)
+        self.holes = list(holes)
+
+
+class TruncatedVideoError(DamagedVideoError):
+    """The file ends before the duration its container declares, or lacks its index (mp4 moov)."""
 
 
 class StreamDisconnectedError(SourceError):

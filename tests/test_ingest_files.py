@@ -11,6 +11,7 @@ from streamvid.compress.dyseg import CutRule, streaming_boundaries
 from streamvid.errors import (
     ConfigError,
     CorruptVideoError,
+    DamagedVideoError,
     NoVideoStreamError,
     ShapeError,
     SourceError,
@@ -107,21 +108,32 @@ def test_long_file_reads_in_full_without_seeking(media):
     assert all(s.frames.shape[0] <= 16 for s in segments)
 
 
-def test_corrupt_file_delivers_earlier_segments_and_says_where(media):
+def test_corrupt_file_is_reported_and_strict_says_where(media):
+    segments, stats = collect(media["corrupt"], sampler=Sampler(fps=None))
+    assert stats.damaged and stats.decode_errors >= 1
+    (hole,) = stats.holes
+    assert hole.reason == "corrupt" and 1.0 < hole.start < hole.end < 9.0
+    assert stats.frames_segmented == stats.frames_decoded  # the rest of the file was read
+
     segments = []
-    with pytest.raises(CorruptVideoError) as err:
-        IngestPipeline(media["corrupt"], segments.append, sampler=Sampler(fps=None)).run()
-    assert err.value.time is not None and 1.0 < err.value.time < 9.0
+    with pytest.raises(DamagedVideoError, match="corrupt data at") as err:
+        IngestPipeline(media["corrupt"], segments.append, sampler=Sampler(fps=None), strict=True).run()
+    assert isinstance(err.value, CorruptVideoError) and err.value.holes == [hole]
+    assert err.value.time == pytest.approx(hole.start)
     assert f"{err.value.time:.2f} s" in str(err.value)
     delivered = torch.cat([s.timestamps for s in segments])
     assert len(delivered) == err.value.frame
     assert float(delivered[-1]) == pytest.approx(err.value.time)
 
 
-def test_truncated_file_is_a_typed_error(media):
+def test_truncated_file_is_reported_and_a_typed_error_when_strict(media):
+    segments, stats = collect(media["truncated"], sampler=Sampler(fps=2))
+    (hole,) = stats.holes
+    assert hole.reason == "truncated" and hole.end == pytest.approx(8.0, abs=0.1)
+    assert hole.describe().startswith(f"ends at {hole.start:.2f} s of ")
     segments = []
     with pytest.raises(TruncatedVideoError, match="truncated"):
-        IngestPipeline(media["truncated"], segments.append, sampler=Sampler(fps=2)).run()
+        IngestPipeline(media["truncated"], segments.append, sampler=Sampler(fps=2), strict=True).run()
     assert segments and segments[0].start_time == 0.0
 
 
@@ -131,7 +143,7 @@ def test_bad_inputs_are_typed_errors(media, tmp_path):
     assert issubclass(SourceNotFoundError, FileNotFoundError)
     text = tmp_path / "notes.mp4"
     text.write_text("not a video at all")
-    with pytest.raises(SourceError, match="cannot open"):
+    with pytest.raises(NoVideoStreamError, match="is not a video"):
         list(FileSource(text).frames())
     with pytest.raises(NoVideoStreamError, match="audio"):
         list(FileSource(media["audio"]).frames())

@@ -5,6 +5,12 @@ never blocks the source: when the queue is full a frame is dropped by the stated
 policy and counted. Network sources that die are reopened with exponential
 backoff, up to ``max_reconnects`` attempts in a row, then a typed error.
 Every wait has a timeout; ``stop()`` from any thread ends both threads.
+
+Damage is never silent: holes the source finds (corrupt data, skipped decode errors, a gap
+in timestamps longer than 3 sampling intervals and 1 s, an early end; see
+:mod:`streamvid.ingest.damage`) are listed in :attr:`IngestStats.holes` with counts beside
+them, and logged; ``strict=True`` raises :class:`~streamvid.errors.DamagedVideoError`
+(:class:`~streamvid.errors.TruncatedVideoError` for an early end) at the first one instead.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from streamvid.errors import ConfigError, SourceError, StreamDisconnectedError
+from streamvid.errors import ConfigError, DamagedVideoError, SourceError, StreamDisconnectedError
+from streamvid.ingest.damage import DamageReport, Hole, gap_threshold
 from streamvid.ingest.sampler import Sampler
 from streamvid.ingest.segmenter import StreamingSegmenter
 from streamvid.ingest.sources import VideoSource, open_source
@@ -35,7 +42,13 @@ _POLL = 0.1  # seconds: how often blocked waits look at the stop flag
 
 @dataclass
 class IngestStats:
-    """Counters of one run. ``realtime_factor`` = media seconds / wall seconds."""
+    """Counters of one run. ``realtime_factor`` = media seconds / wall seconds.
+
+    holes: damage found, in time order (pipeline clock); decode_errors: packets the decoder
+    rejected and that were skipped; demux_errors: read errors read past; skipped_bytes: bytes
+    the demuxer jumped over (or left unread at an early end); repeated_frames: zero-byte
+    packets delivered as the previous picture again.
+    """
 
     frames_decoded: int = 0
     frames_sampled: int = 0
@@ -47,10 +60,32 @@ class IngestStats:
     wall_seconds: float = 0.0
     pts_based: bool = True
     errors: list[str] = field(default_factory=list)
+    holes: list[Hole] = field(default_factory=list)
+    decode_errors: int = 0
+    demux_errors: int = 0
+    skipped_bytes: int = 0
+    repeated_frames: int = 0
 
     @property
     def realtime_factor(self) -> float:
         return self.media_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def damaged(self) -> bool:
+        """Whether any hole was found."""
+        return bool(self.holes)
+
+    def damage_summary(self) -> str:
+        """One line: each hole described, or ``no damage found``."""
+        return DamageReport(self.holes).summary()
+
+    def add_damage(self, report: DamageReport, offset: float = 0.0) -> None:
+        """Fold one source pass's report in; ``offset`` moves its holes onto the pipeline clock."""
+        self.holes.extend(h.shifted(offset) for h in report.holes)
+        self.decode_errors += report.decode_errors
+        self.demux_errors += report.demux_errors
+        self.skipped_bytes += report.skipped_bytes
+        self.repeated_frames += report.repeated_frames
 
 
 class _End:
@@ -68,7 +103,11 @@ class IngestPipeline:
     in the consumer thread. live: default from the source. drop_policy (live
     mode): ``drop_oldest`` keeps the newest frames (the queue holds the latest
     view of the scene); ``drop_newest`` keeps what is queued and discards
-    arrivals. reconnect_backoff: (first delay, largest delay) in seconds.
+    arrivals. reconnect_backoff: (first delay, largest delay) in seconds, doubling per
+    attempt, or a function ``attempt -> seconds`` (attempt counts from 1). reconnect_wait:
+    called with each delay instead of waiting on the stop flag (tests pass a recorder, so
+    nothing sleeps); it returns True to give up. strict: the first hole the source finds is
+    an error (see the module docstring); the gap threshold follows the sampler's interval.
     """
 
     def __init__(
@@ -82,9 +121,11 @@ class IngestPipeline:
         queue_size: int = 64,
         drop_policy: DropPolicy = "drop_oldest",
         max_reconnects: int = 5,
-        reconnect_backoff: tuple[float, float] = (0.5, 8.0),
+        reconnect_backoff: tuple[float, float] | Callable[[int], float] = (0.5, 8.0),
+        reconnect_wait: Callable[[float], bool | None] | None = None,
         progress: bool = False,
         stream_id: str = "default",
+        strict: bool = False,
     ) -> None:
         if drop_policy not in ("drop_oldest", "drop_newest"):
             raise ConfigError(f"drop_policy must be 'drop_oldest' or 'drop_newest', got {drop_policy!r}")
@@ -98,6 +139,12 @@ class IngestPipeline:
         self.drop_policy = drop_policy
         self.max_reconnects = max_reconnects
         self.backoff = reconnect_backoff
+        self.reconnect_wait = reconnect_wait
+        if strict:
+            self.source.strict = True
+        fps = self.sampler.config.fps
+        if fps is not None and self.source.min_gap is None:
+            self.source.min_gap = gap_threshold(1.0 / fps)
         self.progress = progress
         self.stats = IngestStats()
         self._queue: queue.Queue[tuple[float, np.ndarray] | _End] = queue.Queue(maxsize=queue_size)
@@ -175,18 +222,22 @@ class IngestPipeline:
         while not self._stop.is_set():
             offset: float | None = None
             try:
-                for frame in self.source.frames():
-                    if offset is None:
-                        offset = 0.0 if last_t is None else last_t + (time.monotonic() - last_wall) - frame.time
-                    attempts = 0
-                    t = frame.time + offset
-                    last_t, last_wall = t, time.monotonic()
-                    yield t, frame
-                    if self._stop.is_set():
-                        return
-                return
+                try:
+                    for frame in self.source.frames():
+                        if offset is None:
+                            offset = 0.0 if last_t is None else last_t + (time.monotonic() - last_wall) - frame.time
+                        attempts = 0
+                        t = frame.time + offset
+                        last_t, last_wall = t, time.monotonic()
+                        yield t, frame
+                        if self._stop.is_set():
+                            return
+                    return
+                finally:
+                    if self.source.damage is not None:
+                        self.stats.add_damage(self.source.damage, offset or 0.0)
             except SourceError as err:
-                if not (self.live and self.source.reconnectable):
+                if isinstance(err, DamagedVideoError) or not (self.live and self.source.reconnectable):
                     raise
                 attempts += 1
                 self.stats.errors.append(str(err))
@@ -197,7 +248,7 @@ class IngestPipeline:
                         attempts=self.max_reconnects,
                     ) from None
                 self.stats.reconnects += 1
-                delay = min(self.backoff[1], self.backoff[0] * 2 ** (attempts - 1))
+                delay = self._delay(attempts)
                 log.warning(
                     "%s: %s; reconnecting in %.2f s (attempt %d of %d)",
                     self.source.name,
@@ -206,8 +257,21 @@ class IngestPipeline:
                     attempts,
                     self.max_reconnects,
                 )
-                if self._stop.wait(delay):
+                if self._wait(delay):
                     return
+
+    def _delay(self, attempt: int) -> float:
+        """Seconds before reconnect attempt ``attempt`` (from 1)."""
+        if callable(self.backoff):
+            return float(self.backoff(attempt))
+        first, largest = self.backoff
+        return min(largest, first * 2 ** (attempt - 1))
+
+    def _wait(self, delay: float) -> bool:
+        """Wait ``delay`` seconds before a reconnect; True when the run should end instead."""
+        if self.reconnect_wait is not None:
+            return bool(self.reconnect_wait(delay)) or self._stop.is_set()
+        return self._stop.wait(delay)
 
     def _produce(self) -> None:
         error: BaseException | None = None
