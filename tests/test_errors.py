@@ -14,7 +14,7 @@ from streamvid.types import CompressedSegment, Segment, TokenGrid
 
 
 def test_registry_lists_methods_and_rejects_unknown_names():
-    assert list_compressors() == ["fastvid", "infomerge", "keep_all", "random", "uniform", "vidcom2"]
+    assert list_compressors() == ["aot", "fastvid", "infomerge", "keep_all", "random", "uniform", "vidcom2"]
     with pytest.raises(UnknownNameError) as err:
         create_compressor("tome")
     assert "infomerge" in str(err.value) and "vidcom2" in str(err.value)

@@ -2,7 +2,7 @@
 
 >>> from streamvid.compress import create_compressor, list_compressors
 >>> list_compressors()
-['fastvid', 'infomerge', 'keep_all', 'random', 'uniform', 'vidcom2']
+['aot', 'fastvid', 'infomerge', 'keep_all', 'random', 'uniform', 'vidcom2']
 >>> compressor = create_compressor("infomerge", ratio=0.15)
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamvid.compress.aot import AOT
 from streamvid.compress.base import Compressor, CompressorConfig
 from streamvid.compress.baselines import KeepAll, RandomKeep, UniformPool, VidCom2
 from streamvid.compress.caba import (
@@ -59,7 +60,7 @@ def register_compressor(cls: type[Compressor]) -> type[Compressor]:
     return cls
 
 
-for _cls in (InfoMerge, FastVID, VidCom2, UniformPool, RandomKeep, KeepAll):
+for _cls in (InfoMerge, FastVID, VidCom2, UniformPool, RandomKeep, KeepAll, AOT):
     register_compressor(_cls)
 
 
