@@ -4,24 +4,29 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import moving_object_clip, scene_clip
 
 from streamvid import create_compressor, list_compressors
 from streamvid.compress.baselines import pool_frame
 from streamvid.compress.dyseg import dyseg_boundaries
 from streamvid.compress.infomerge import (
+    anchor_quotas,
     constants_for_ratio,
     density_peak_scores,
+    fastvid_frame_budget,
     merge_context,
     select_salient,
 )
 from streamvid.types import TokenGrid
 
 RATIOS = [1.0, 0.25, 0.15, 0.10, 0.05]
+# methods whose published budget rule counts per frame or per segment, so their total is
+# their own (see tests/test_reference_equations.py), not round(r T N); exact_total restores it
+OWN_RULE = {"fastvid", "infomerge", "vidcom2"}
 
 
 def check_segments(segments, grid, expected_total):
+    """expected_total: the method's own budget rule (``compressor.total_budget``)."""
     t, h, w, _ = grid.tokens.shape
     assert sum(s.budget for s in segments) == expected_total
     assert sum(s.frame_count for s in segments) == t
@@ -62,8 +67,19 @@ def test_every_compressor_budget_and_provenance(name, ratio):
     compressor = create_compressor(name, ratio=ratio)
     segments = compressor.compress(grid)
     check_segments(segments, grid, compressor.total_budget(grid))
-    if name != "keep_all":
+    if name not in OWN_RULE | {"keep_all"}:
         assert compressor.total_budget(grid) == round(ratio * 16 * 100)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.15, 0.05])
+@pytest.mark.parametrize("name", sorted(OWN_RULE))
+def test_exact_total_option_keeps_round_r_t_n(name, ratio, clip):
+    compressor = create_compressor(name, ratio=ratio, exact_total=True)
+    assert create_compressor(name).config.exact_total is False  # off by default
+    for boundaries in (None, [0, 6, 16, 20, 32]):
+        segments = compressor.compress(clip, boundaries=boundaries)
+        check_segments(segments, clip, round(ratio * 32 * 100))
+        assert compressor.total_budget(clip, boundaries) == round(ratio * 32 * 100)
 
 
 @pytest.mark.parametrize("name", list_compressors())
@@ -72,7 +88,7 @@ def test_every_compressor_on_scenes_with_given_boundaries(name, clip):
     boundaries = [0, 6, 16, 20, 32]
     segments = compressor.compress(clip, boundaries=boundaries)
     assert [s.frame_offset for s in segments] == boundaries[:-1]
-    check_segments(segments, clip, compressor.total_budget(clip))
+    check_segments(segments, clip, compressor.total_budget(clip, boundaries))
 
 
 @pytest.mark.parametrize("name", list_compressors())
@@ -130,8 +146,12 @@ def test_constants_by_ratio():
     c = create_compressor("infomerge", ratio=0.05)
     assert (c.tau, c.rho) == (2.0, 0.05)
     assert create_compressor("infomerge", ratio=0.05, tau=0.7).tau == 0.7
-    # T_s = floor((1 - d) r N)
-    assert c.salient_per_frame(196) == math.floor(0.6 * 0.05 * 196)
+    # InfoMerge (paper): T_s = floor((1 - d) r N); FastVID (official code): R - int(R d), R = int(r N)
+    assert c.salient_per_frame(196) == math.floor(0.6 * 0.05 * 196) == 5
+    assert create_compressor("infomerge", ratio=0.15).salient_per_frame(196) == 17
+    assert fastvid_frame_budget(196, 0.15, 0.4) == (18, 11)
+    assert fastvid_frame_budget(196, 0.05, 0.4) == (6, 3)
+    assert create_compressor("fastvid", ratio=0.10).salient_per_frame(196) == 12
 
 
 def test_static_penalty_moves_selection_off_static_positions():
@@ -188,8 +208,10 @@ def test_dtm_hard_mask_and_sizes():
     salient[:, :4] = True
     static = torch.zeros(n, dtype=torch.bool)
     static[4:10] = True
-    x, sizes, flat, owner = merge_context(seg, salient, 6, static, interval=4, knn=4, mu=0.6)
-    assert torch.equal(torch.bincount(owner[owner >= 0], minlength=6), sizes)
+    quotas = anchor_quotas(v, 6, n - 4, 4)
+    assert quotas == [0, 0, 0, 3, 0, 0, 0, 3]
+    x, flat, owner = merge_context(seg, salient, quotas, static, knn=4, mu=0.6)
+    sizes = torch.bincount(owner[owner >= 0], minlength=6)
     assert bool((owner.reshape(v, n)[salient] == -1).all())
     assert x.shape == (6, d) and int(sizes.sum()) == v * (n - 4)
     frames, pos = flat // n, flat % n
@@ -197,51 +219,25 @@ def test_dtm_hard_mask_and_sizes():
     assert not bool(salient[frames, pos].any())
     static_pos = pos[static[pos]].tolist()
     assert len(static_pos) == len(set(static_pos))  # the hard mask: no static position twice
-    # an anchor with members moves toward their mean by (1 - mu)
-    _, s_nomask, _, _ = merge_context(seg, salient, 6, None, interval=4, knn=4, mu=0.6)
-    assert int(s_nomask.sum()) == v * (n - 4)
+    assert bool((owner[flat] == torch.arange(6)).all())  # an anchor owns itself
+    _, _, o_nomask = merge_context(seg, salient, quotas, None, knn=4, mu=0.6)
+    assert int((o_nomask >= 0).sum()) == v * (n - 4)
 
 
-def test_high_retention_uses_more_anchor_frames():
+def test_anchor_quotas_floor_exact_and_high_retention():
+    # official floor: 11 * 6 context tokens over ceil(6 / 4) = 2 anchor frames (5 and 1)
+    assert anchor_quotas(6, 66, 100, 4) == [0, 33, 0, 0, 0, 33]
+    assert anchor_quotas(6, 7, 100, 4) == [0, 3, 0, 0, 0, 3]  # floor(7 / 2): one token lost
+    assert anchor_quotas(6, 7, 100, 4, floor=False) == [0, 3, 0, 0, 0, 4]  # exact, extra to the latest
+    assert anchor_quotas(8, 1, 100, 4) == [0, 0, 0, 0, 0, 0, 0, 1]  # B_k < #anchor frames: latest first
+    # an anchor frame holds at most its 8 non-salient tokens: the interval shrinks
+    assert anchor_quotas(4, 30, 8, 4) == [7, 7, 7, 7]
+    assert anchor_quotas(4, 30, 8, 4, floor=False) == [7, 7, 8, 8]
     seg = torch.randn(4, 10, 6)
     salient = torch.zeros(4, 10, dtype=torch.bool)
     salient[:, :2] = True
-    x, sizes, flat, _ = merge_context(seg, salient, 30, None, interval=4, knn=4, mu=0.6)
-    assert x.shape[0] == 30 and int(sizes.sum()) == 32
-
-
-def vidcom2_reference(x, ratio):
-    """Spec 3, VidCom², written per frame. x: [T, N, D] -> kept flat indices (set)."""
-    t, n, d = x.shape
-    var = x.reshape(-1, d).var(dim=0)
-    ch = torch.topk(var, k=round(0.5 * d), largest=False).indices
-    y = F.normalize(x[..., ch], dim=-1)
-    vid_mean = y.reshape(-1, y.shape[-1]).mean(0)
-
-    def kern(a, c):
-        d2 = float(((a - c) ** 2).sum())
-        return sum(math.exp(-d2 / (2 * s)) for s in (1 / 8, 1 / 4, 1 / 2, 1, 2))
-
-    s_vid = torch.tensor([[kern(y[i, j], vid_mean) for j in range(n)] for i in range(t)])
-    s_frm = torch.tensor([[kern(y[i, j], y[i].mean(0)) for j in range(n)] for i in range(t)])
-    u = -s_vid.mean(1)
-    sigma = torch.softmax(u / 0.01, 0)
-    r_t = torch.clamp(ratio * (1 + sigma - 1 / t), max=1.0)
-    return r_t, s_vid + s_frm
-
-
-def test_vidcom2_matches_reference():
-    x = torch.randn(6, 9, 16, generator=torch.Generator().manual_seed(8)) * torch.linspace(0.5, 2, 16)
-    grid = TokenGrid(x.reshape(6, 3, 3, 16), torch.arange(6, dtype=torch.float64))
-    (seg,) = create_compressor("vidcom2", ratio=0.3).compress(grid)
-    r_t, score = vidcom2_reference(x, 0.3)
-    counts = torch.bincount(seg.positions[:, 0], minlength=6)
-    assert int(counts.sum()) == round(0.3 * 54)
-    assert (counts.double() - r_t.double() * 9).abs().max() < 1.0  # rounding only
-    for frame in range(6):
-        kept = seg.positions[seg.positions[:, 0] == frame][:, 1:] @ torch.tensor([3, 1])
-        want = torch.topk(score[frame], k=int(counts[frame]), largest=False).indices
-        assert set(kept.tolist()) == set(want.tolist())
+    x, flat, owner = merge_context(seg, salient, [7, 7, 8, 8], None, knn=4, mu=0.6)
+    assert x.shape[0] == 30 and int((owner >= 0).sum()) == 32
 
 
 @pytest.mark.parametrize("h,w,cells", [(14, 14, 29), (14, 14, 1), (3, 7, 5), (10, 10, 100), (1, 9, 4)])
@@ -262,3 +258,13 @@ def test_random_is_seeded(clip):
 def test_scene_clip_helper_is_sane():
     grid = scene_clip(lengths=(3, 3))
     assert grid.num_frames == 6
+
+
+@pytest.mark.parametrize("name", sorted(OWN_RULE))
+def test_tiny_ratio_keeps_a_token_per_frame_with_full_provenance(name, clip):
+    # N = 100, r = 0.02: FastVID's R = 2 has int(2 * 0.4) = 0 context tokens; the dropped
+    # tokens then belong to their most similar salient token
+    compressor = create_compressor(name, ratio=0.02)
+    segments = compressor.compress(clip)
+    check_segments(segments, clip, compressor.total_budget(clip))
+    assert sum(s.budget for s in segments) >= 32

@@ -38,7 +38,8 @@ class Compressor(ABC):
 
     ``boundaries`` (segment starts plus the end, e.g. ``[0, 8, 32]``) fixes the
     segments; without it a method that segments (InfoMerge, FastVID) runs DySeg and
-    the others treat the clip as one segment. ``saliency`` [T, h, w] overrides the
+    the others treat the clip as one segment. :meth:`total_budget` says how many
+    tokens the method's budget rule keeps. ``saliency`` [T, h, w] overrides the
     grid's own saliency.
     """
 
@@ -82,8 +83,14 @@ class Compressor(ABC):
     def _compress(self, grid: TokenGrid, boundaries: list[int] | None) -> list[CompressedSegment]:
         """Compress a validated grid (already on the compute device)."""
 
-    def total_budget(self, grid: TokenGrid) -> int:
-        """Tokens this compressor keeps for the whole grid: round(r * T * N), at least 1."""
+    def total_budget(self, grid: TokenGrid, boundaries: Sequence[int] | None = None) -> int:
+        """Tokens this compressor keeps for ``grid`` under its own budget rule.
+
+        Here round(r * T * N), at least 1 (uniform, random). A method whose published rule
+        differs overrides it (FastVID, InfoMerge and VidCom² count per frame or per segment,
+        so their totals drift from round(r * T * N) by rounding; their ``exact_total``
+        option restores it).
+        """
         return max(1, round(self.ratio * grid.num_frames * grid.tokens_per_frame))
 
     def out_dtype(self, grid: TokenGrid) -> torch.dtype:

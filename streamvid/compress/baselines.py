@@ -1,14 +1,16 @@
-"""Baselines behind the same interface (spec 3): keep-all, uniform pooling, random, VidCom².
+"""Baselines behind the same interface: keep-all, uniform pooling, random, VidCom² (docs/algorithms.md, "VidCom2").
 
 They do not segment: the clip is one segment unless ``boundaries`` are given, in
-which case each segment is compressed alone with a budget proportional to its
-length. Pruning methods (random, VidCom²) keep tokens unchanged; for provenance
-every dropped token counts toward the size of its most similar kept token.
+which case each segment is compressed alone, with a budget proportional to its
+length (VidCom² by default applies its own per-frame rule in each segment instead).
+Pruning methods (random, VidCom²) keep tokens unchanged; for provenance every dropped
+token counts toward the size of its most similar kept token.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +26,7 @@ from streamvid.compress.base import (
 from streamvid.compress.caba import allocate_budgets
 from streamvid.types import CompressedSegment, TokenGrid
 
-__all__ = ["KeepAll", "UniformPool", "RandomKeep", "VidCom2", "pool_frame"]
+__all__ = ["KeepAll", "UniformPool", "RandomKeep", "VidCom2", "pool_frame", "vidcom2_scores", "vidcom2_frame_counts"]
 
 
 class _PerSegment(Compressor):
@@ -32,7 +34,8 @@ class _PerSegment(Compressor):
 
     def _compress(self, grid: TokenGrid, boundaries: list[int] | None) -> list[CompressedSegment]:
         boundaries = boundaries or [0, grid.num_frames]
-        budgets = split_budget_by_length(self.total_budget(grid), boundaries, grid.tokens_per_frame)
+        total = Compressor.total_budget(self, grid)  # round(r T N); VidCom² by default ignores it
+        budgets = split_budget_by_length(total, boundaries, grid.tokens_per_frame)
         out = []
         for k, (a, b) in enumerate(zip(boundaries, boundaries[1:])):
             t = b - a
@@ -79,7 +82,7 @@ class KeepAll(Compressor):
 
     name = "keep_all"
 
-    def total_budget(self, grid: TokenGrid) -> int:
+    def total_budget(self, grid: TokenGrid, boundaries: Sequence[int] | None = None) -> int:
         return grid.num_frames * grid.tokens_per_frame
 
     def _compress(self, grid: TokenGrid, boundaries: list[int] | None) -> list[CompressedSegment]:
@@ -174,8 +177,18 @@ class RandomKeep(_PerSegment):
 
 
 class VidCom2Config(CompressorConfig):
+    """VidCom² options (defaults: the official code's).
+
+    temperature: of the softmax over frame uniqueness. channel_fraction: share of the
+    channels (lowest variance) the similarities use; int(fraction * D) of them.
+    exact_total: keep exactly round(r * V * N) tokens per segment (largest-remainder counts
+    per frame) instead of the official round(scale_t * N) per frame, whose total drifts
+    by a few tokens; off by default. Useful for an exact token count (a memory cap).
+    """
+
     temperature: float = Field(0.01, gt=0)
     channel_fraction: float = Field(0.5, gt=0, le=1)
+    exact_total: bool = False
 
 
 _VIDCOM2_BANDWIDTHS = (1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
@@ -187,25 +200,64 @@ def _multi_kernel(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return sum(torch.exp(-d2 / (2 * a)) for a in _VIDCOM2_BANDWIDTHS)
 
 
+def vidcom2_scores(x: torch.Tensor, channel_fraction: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """VidCom² similarities to the video and frame means. x: [V, N, D] -> (s_vid, s_frm), fp32 [V, N] each.
+
+    Uses the int(fraction * D) (at least 1) channels of lowest population variance over
+    all V * N tokens, L2-normalised.
+    """
+    v, n, dim = x.shape
+    flat = x.reshape(v * n, dim).float()  # (V*N, D)
+    k = max(1, int(dim * channel_fraction))
+    keep_ch = torch.topk(flat.var(dim=0, unbiased=False), k=k, largest=False).indices
+    y = F.normalize(x.float()[..., keep_ch], dim=-1)  # (V, N, k)
+    return _multi_kernel(y, y.mean(dim=(0, 1), keepdim=True)), _multi_kernel(y, y.mean(dim=1, keepdim=True))
+
+
+def vidcom2_frame_counts(s_vid: torch.Tensor, ratio: float, temperature: float = 0.01) -> torch.Tensor:
+    """Tokens kept per frame, round(scale_t * N) at least 1, as the official code. s_vid: [V, N] -> int64 [V].
+
+    u_t = -mean_p s_vid[t, p]; sigma = softmax(u / temperature);
+    scale_t = min(1, r * (1 + sigma_t - mean(sigma))). Rounding is half to even.
+    """
+    u = -s_vid.mean(dim=1)  # (V,) frame uniqueness
+    sigma = torch.softmax((u - u.max()) / temperature, dim=0)
+    scale = torch.clamp(ratio * (1 + sigma - sigma.mean()), max=1.0)
+    return torch.round(scale * s_vid.shape[1]).long().clamp(min=1)
+
+
 class VidCom2(_PerSegment):
-    """VidCom² (spec 3): frame-uniqueness budgets, keep the least typical tokens."""
+    """VidCom²: frame-uniqueness budgets, keep the least typical tokens of each frame.
+
+    As the official code by default (see docs/algorithms.md, "VidCom2"); each segment is
+    compressed alone (by default the clip is one segment).
+    """
 
     name = "vidcom2"
     config_class = VidCom2Config
 
+    def total_budget(self, grid: TokenGrid, boundaries: Sequence[int] | None = None) -> int:
+        """Tokens kept: sum of the per-frame counts of every segment (exact_total: round(r T N))."""
+        if self.config.exact_total:
+            return super().total_budget(grid, boundaries)
+        bounds = list(boundaries) if boundaries is not None else [0, grid.num_frames]
+        x = grid.tokens.reshape(grid.num_frames, grid.tokens_per_frame, grid.dim)  # (T, N, D)
+        cfg = self.config
+        return sum(
+            int(vidcom2_frame_counts(vidcom2_scores(x[a:b], cfg.channel_fraction)[0], cfg.ratio, cfg.temperature).sum())
+            for a, b in zip(bounds, bounds[1:])
+        )
+
     def _segment(self, x, budget, grid_size):
-        v, n, dim = x.shape
-        flat = x.reshape(v * n, dim)  # (V*N, D)
-        keep_ch = torch.topk(
-            flat.var(dim=0), k=max(1, round(self.config.channel_fraction * dim)), largest=False
-        ).indices
-        y = F.normalize(x[..., keep_ch], dim=-1)  # (V, N, D')
-        s_vid = _multi_kernel(y, y.mean(dim=(0, 1)))  # (V, N)
-        s_frm = _multi_kernel(y, y.mean(dim=1, keepdim=True))  # (V, N)
-        sigma = torch.softmax(-s_vid.mean(dim=1) / self.config.temperature, dim=0)  # (V,)
-        r = self.ratio
-        frame_ratio = torch.clamp(r * (1 + sigma - 1 / v), max=1.0)
-        counts = _per_frame_counts(frame_ratio.double().cpu(), budget, n)  # exact total
+        v, n, _ = x.shape
+        cfg = self.config
+        s_vid, s_frm = vidcom2_scores(x, cfg.channel_fraction)
+        counts = vidcom2_frame_counts(s_vid, cfg.ratio, cfg.temperature)
+        if cfg.exact_total:
+            u = -s_vid.mean(dim=1)
+            sigma = torch.softmax((u - u.max()) / cfg.temperature, dim=0)
+            frame_ratio = torch.clamp(cfg.ratio * (1 + sigma - sigma.mean()), max=1.0)
+            counts = _per_frame_counts(frame_ratio.double().cpu(), budget, n)  # exact total
         score = s_vid + s_frm
         kept = [
             t * n + torch.topk(score[t], k=c, largest=False).indices for t, c in enumerate(counts.tolist()) if c > 0

@@ -1,4 +1,4 @@
-"""Content-Aware Budget Allocation (CABA), spec 1.3 and 2.
+"""Content-Aware Budget Allocation (CABA), see docs/algorithms.md, "CABA" and "Memory cap".
 
 CABA works on segment statistics only (mean token, length, spectral richness), so
 the same functions split a clip's context budget over its segments and, later, a

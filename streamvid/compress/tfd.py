@@ -1,4 +1,4 @@
-"""Temporal Fingerprint Difference (TFD), spec 1.2.
+"""Temporal Fingerprint Difference (TFD), see docs/algorithms.md, "TFD".
 
 For each spatial position p of a segment with V frames, F_p[l, l'] = <h[l,p], h[l',p]>
 over unit-normalised tokens, and
