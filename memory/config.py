@@ -1,4 +1,11 @@
-"""Token memory configuration: one pydantic model, defaults in one place."""
+"""Token memory configuration and settings: pydantic models, defaults in one place.
+
+:class:`MemoryConfig` is how the memory stores (cap, index, CABA constants);
+:class:`MemorySettings` is everything a memory remembers about how it is built: that
+config, the widths of its tokens and keys, and the ingest settings (model, embedder,
+compressor, ratio, fps). The settings live in one place, the ``settings`` row of the
+manifest's meta table, written only by the memory's writer after validation.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["MemoryConfig", "PROVENANCE_BYTES"]
+__all__ = ["INGEST_FIELDS", "MemoryConfig", "MemorySettings", "PROVENANCE_BYTES"]
 
 # per kept token besides its vector: size int64 + position 3 x int64 + time float64
 PROVENANCE_BYTES = 8 + 24 + 8
@@ -57,3 +64,33 @@ class MemoryConfig(BaseModel):
             itemsize = 2  # float16 and bfloat16
             caps.append(self.cap_bytes // (dim * itemsize + PROVENANCE_BYTES))
         return min(caps)
+
+
+# the MemorySettings fields an ingest chooses (the rest come from the memory itself)
+INGEST_FIELDS = ("model", "embedder", "compressor", "ratio", "fps")
+
+
+class MemorySettings(BaseModel):
+    """What a memory remembers, validated before it is saved.
+
+    model / embedder: the Video-LLM whose tokens and the retrieval embedder whose keys the
+    memory holds (names as given: hub ids or directories). compressor, ratio, fps: how new
+    segments are made. token_dim / key_dim: the widths of the stored tokens and keys, set
+    by the first add and fixed from then on. store: the :class:`MemoryConfig` (None until
+    the memory is first opened with a cap). None means "not recorded yet".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    model: str | None = None
+    embedder: str | None = None
+    compressor: str | None = None
+    ratio: float | None = Field(None, gt=0, le=1)
+    fps: float | None = Field(None, gt=0)
+    token_dim: int | None = Field(None, ge=1)
+    key_dim: int | None = Field(None, ge=1)
+    store: MemoryConfig | None = None
+
+    def ingest(self) -> dict[str, object]:
+        """The ingest settings (model, embedder, compressor, ratio, fps) as a dict."""
+        return {name: getattr(self, name) for name in INGEST_FIELDS}

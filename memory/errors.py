@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamvid.errors import StreamvidError
+from streamvid.errors import ConfigError, ShapeError, StreamvidError
 
 
 class MemoryStoreError(StreamvidError):
@@ -36,3 +36,32 @@ class SegmentEvictedError(MemoryStoreError, LookupError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class MemoryLockedError(MemoryStoreError, BlockingIOError):
+    """Another writer holds the memory's writer lock; ``pid`` is its process id (None if unknown)."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ReadOnlyMemoryError(MemoryStoreError, PermissionError):
+    """A write was asked of a memory opened read-only."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class MemoryNotFoundError(MemoryStoreError, FileNotFoundError):
+    """A read-only open of a directory that holds no memory."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class SettingsConflictError(MemoryStoreError, ConfigError, ShapeError):
+    """A model, embedder or setting does not fit what the memory already holds."""

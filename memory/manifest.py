@@ -1,11 +1,18 @@
 """The SQLite manifest of a token memory: schema, rows <-> values, filters, transactions.
 
-One row per segment ever added (live or evicted), the ``meta`` key-value table (config,
-dimensions, the running global mean) and an ``events`` log (rebalances). Column order
-lives in this file only: code elsewhere reads named values, never ``row[11]``.
+One row per segment ever added (live or evicted), the ``meta`` key-value table (the
+settings, the running global mean, the schema version), an ``events`` log (rebalances)
+and a ``sources`` table: per (stream, source key), the end time of the last segment
+stored from that source and whether its ingest completed (what resume reads). Column
+order lives in this file only: code elsewhere reads named values, never ``row[11]``.
 
 SQLite connections are not shared between threads: each thread gets its own, in WAL
-mode, so readers never wait for the writer's transaction.
+mode, so readers never wait for the writer's transaction. A read-only manifest opens
+its connections with ``mode=ro`` and never creates or migrates anything.
+
+Schema versions: 1 (segments, meta with ``config``/``dim``/``key_dim``, events) and 2
+(adds ``sources``; the settings become one ``settings`` row, see memory/settings.py).
+A writer migrates 1 -> 2 when it opens the memory.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 from streamvid.errors import ConfigError
 from streamvid.types import CompressedSegment
 
-__all__ = ["Manifest", "SegmentInfo", "SegmentRow", "LiveRow", "time_filter"]
+__all__ = ["SCHEMA_VERSION", "LiveRow", "Manifest", "SegmentInfo", "SegmentRow", "SourceProgress", "time_filter"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -55,7 +62,17 @@ CREATE TABLE IF NOT EXISTS segments (
 CREATE INDEX IF NOT EXISTS segments_time ON segments(stream, start);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v BLOB);
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, at REAL, kind TEXT, detail TEXT);
+CREATE TABLE IF NOT EXISTS sources (
+    stream TEXT NOT NULL,
+    source TEXT NOT NULL,
+    last_time REAL,
+    complete INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL,
+    PRIMARY KEY (stream, source)
+);
 """
+
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,19 @@ class LiveRow:
     stream: str
 
 
+@dataclass(frozen=True)
+class SourceProgress:
+    """How far the ingest of ``source`` into ``stream`` got: ``last_time`` is the end time
+    (s) of the last segment stored from it (None before the first), ``complete`` whether
+    the source was read to its end; ``updated`` is a Unix time."""
+
+    stream: str
+    source: str
+    last_time: float | None
+    complete: bool
+    updated: float
+
+
 def time_filter(time_range: tuple[float, float] | None, streams: Sequence[str] | None) -> tuple[str, list[Any]]:
     """A WHERE clause (and its arguments) for segments overlapping ``time_range`` in ``streams``."""
     clauses, args = ["1"], []
@@ -190,21 +220,31 @@ class Manifest:
     """The manifest at ``root/manifest.sqlite``. Reads run on the calling thread's connection;
     writes go inside :meth:`transaction` (one IMMEDIATE transaction, all or nothing)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, read_only: bool = False) -> None:
         self.path = root / "manifest.sqlite"
+        self.read_only = read_only
         self._local = threading.local()
-        self.conn.executescript(SCHEMA)
+        if not read_only:
+            self.conn.executescript(SCHEMA)
 
     @property
     def conn(self) -> sqlite3.Connection:
         """This thread's connection (SQLite connections are not shared between threads)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            if self.read_only:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+            else:
+                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
+
+    def has_table(self, name: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        return row is not None
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end)."""
@@ -237,6 +277,51 @@ class Manifest:
     def set_meta(self, key: str, value: Any, conn: sqlite3.Connection | None = None) -> None:
         (conn or self.conn).execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, keys: Sequence[str], conn: sqlite3.Connection) -> None:
+        conn.execute(f"DELETE FROM meta WHERE k IN {_in(keys)}", list(keys))
+
+    # -- sources (resume) ------------------------------------------------------------
+
+    @staticmethod
+    def record_source(conn: sqlite3.Connection, stream: str, source: str, last_time: float | None, at: float) -> None:
+        """The ingest of ``source`` stored a segment ending at ``last_time``: it is not complete."""
+        conn.execute(
+            "INSERT INTO sources (stream, source, last_time, complete, updated) VALUES (?, ?, ?, 0, ?) "
+            "ON CONFLICT (stream, source) DO UPDATE SET "
+            "last_time = MAX(COALESCE(last_time, excluded.last_time), excluded.last_time), complete = 0, "
+            "updated = excluded.updated",
+            (stream, source, last_time, at),
+        )
+
+    @staticmethod
+    def set_source_complete(conn: sqlite3.Connection, stream: str, source: str, complete: bool, at: float) -> None:
+        conn.execute(
+            "INSERT INTO sources (stream, source, last_time, complete, updated) VALUES (?, ?, NULL, ?, ?) "
+            "ON CONFLICT (stream, source) DO UPDATE SET complete = excluded.complete, updated = excluded.updated",
+            (stream, source, int(complete), at),
+        )
+
+    def source_progress(self, stream: str, source: str) -> SourceProgress | None:
+        if self.read_only and not self.has_table("sources"):  # a schema 1 memory nobody migrated yet
+            return None
+        row = self.conn.execute(
+            "SELECT stream, source, last_time, complete, updated FROM sources WHERE stream = ? AND source = ?",
+            (stream, source),
+        ).fetchone()
+        return None if row is None else SourceProgress(row[0], row[1], row[2], bool(row[3]), row[4])
+
+    def sources(self) -> list[SourceProgress]:
+        if self.read_only and not self.has_table("sources"):
+            return []
+        rows = self.conn.execute(
+            "SELECT stream, source, last_time, complete, updated FROM sources ORDER BY stream, source"
+        ).fetchall()
+        return [SourceProgress(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows]
+
+    @staticmethod
+    def forget_sources(conn: sqlite3.Connection, stream: str) -> None:
+        conn.execute("DELETE FROM sources WHERE stream = ?", (stream,))
+
     # -- segments ------------------------------------------------------------------------
 
     @staticmethod
@@ -261,7 +346,21 @@ class Manifest:
         conn.execute("INSERT INTO events (at, kind, detail) VALUES (?, ?, ?)", (at, kind, json.dumps(detail)))
 
     def next_id(self) -> int:
-        return int(self.conn.execute("SELECT COALESCE(MAX(id), -1) FROM segments").fetchone()[0]) + 1
+        """One past the largest id ever used (ids of dropped segments are never reused)."""
+        used = int(self.conn.execute("SELECT COALESCE(MAX(id), -1) FROM segments").fetchone()[0]) + 1
+        return max(used, self.meta_int("next_id") or 0)
+
+    def stream_rows(self, stream: str) -> list[tuple[int, str | None, int, bytes]]:
+        """(id, shard, frame_count, mean_token bytes) of every segment of ``stream``."""
+        return self.conn.execute(
+            "SELECT id, shard, frame_count, mean_token FROM segments WHERE stream = ? ORDER BY id", (stream,)
+        ).fetchall()
+
+    @staticmethod
+    def delete_segments(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            conn.execute(f"DELETE FROM segments WHERE id IN {_in(chunk)}", chunk)
 
     def shard_names(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT shard FROM segments WHERE shard IS NOT NULL")}

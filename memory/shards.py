@@ -24,9 +24,10 @@ _TENSORS = ("tokens", "sizes", "positions", "times")
 
 
 class ShardStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, create: bool = True) -> None:
         self.root = root / "shards"
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def name(self, segment_id: int, version: int) -> str:
         return f"{segment_id // 1000:05d}/{segment_id:09d}.v{version}.safetensors"
@@ -95,7 +96,7 @@ class ShardStore:
 
     def disk_bytes(self) -> int:
         """Bytes of shard files; files renamed or removed while counting are skipped."""
-        return _sizes(self.root.rglob("*.safetensors"))
+        return _sizes(self.root.rglob("*.safetensors")) if self.root.exists() else 0
 
 
 def _sizes(paths) -> int:

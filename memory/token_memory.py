@@ -2,19 +2,24 @@
 
 Layout of a memory directory::
 
-    manifest.sqlite      segment metadata, keys, CABA statistics (SQLite, WAL; memory/manifest.py)
+    manifest.sqlite      segment metadata, keys, CABA statistics, settings, ingest progress
+                         (SQLite, WAL; memory/manifest.py, memory/settings.py)
     shards/NNNNN/*.safetensors   tokens + provenance, one file per segment version
     index.<factory>.faiss  the key index (a cache of the keys in the manifest)
+    writer.lock          the writer's OS lock and PID (memory/lock.py)
 
-Write order (one writer): new shard files -> one manifest transaction -> index and
+One writer per directory, enforced across processes: a writer holds an exclusive flock
+on ``writer.lock`` from open to close; a second writer fails at once with
+:class:`MemoryLockedError`. Readers (``read_only=True``) take no lock and write nothing.
+
+Write order (the writer): new shard files -> one manifest transaction -> index and
 in-memory state -> old shard files deleted. A crash (kill -9) at any point leaves the
-manifest pointing at complete files; unreferenced files are swept and the index is
-repaired from the manifest when the memory reopens.
+manifest pointing at complete files; the next writer sweeps unreferenced files and
+repairs the index from the manifest (a reader repairs its in-memory index only).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -26,18 +31,34 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from memory.config import PROVENANCE_BYTES, MemoryConfig
-from memory.errors import CorruptShardError, MemoryStoreError, SegmentEvictedError, UnknownSegmentError
+from memory.config import INGEST_FIELDS, PROVENANCE_BYTES, MemoryConfig, MemorySettings
+from memory.errors import (
+    CorruptShardError,
+    MemoryNotFoundError,
+    MemoryStoreError,
+    ReadOnlyMemoryError,
+    SegmentEvictedError,
+    UnknownSegmentError,
+)
 from memory.index import KeyIndex
-from memory.manifest import LiveRow, Manifest, SegmentInfo, SegmentRow, time_filter
+from memory.lock import WriterLock
+from memory.manifest import LiveRow, Manifest, SegmentInfo, SegmentRow, SourceProgress, time_filter
 from memory.rebalance import plan_rebalance, recency_factors
 from memory.rwlock import RWLock
+from memory.settings import (
+    check_widths,
+    drop_legacy_file,
+    merge_settings,
+    save_settings,
+    stored_settings,
+    take_staged,
+)
 from memory.shards import ShardStore, _sizes
 from streamvid.compress.remerge import remerge
 from streamvid.errors import ConfigError, ShapeError
 from streamvid.types import CompressedSegment
 
-__all__ = ["TokenMemory", "SegmentInfo", "Hit", "MemoryStats", "RebalanceReport"]
+__all__ = ["Hit", "MemoryStats", "RebalanceReport", "SegmentInfo", "SourceProgress", "TokenMemory"]
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +100,12 @@ class MemoryStats:
 
 
 class _Pending(NamedTuple):
-    """A segment being added: its new id, the segment and its key."""
+    """A segment being added: its new id, the segment, its key and the source key it came from."""
 
     id: int
     segment: CompressedSegment
     key: np.ndarray
+    source: str | None = None
 
 
 class _Rewrite(NamedTuple):
@@ -167,6 +189,7 @@ class _Catalog:
         self.stream = np.zeros(0, dtype=np.int32)
         self.present = np.zeros(0, dtype=bool)
         self.codes: dict[str, int] = {}
+        self._next_code = 0
 
     def add(self, ids: Sequence[int], starts: Sequence[float], ends: Sequence[float], streams: Sequence[str]) -> None:
         if not ids:
@@ -182,8 +205,20 @@ class _Catalog:
         idx = np.asarray(ids)
         self.start[idx] = starts
         self.end[idx] = ends
-        self.stream[idx] = [self.codes.setdefault(s, len(self.codes)) for s in streams]
+        self.stream[idx] = [self._code(s) for s in streams]
         self.present[idx] = True
+
+    def _code(self, stream: str) -> int:
+        if stream not in self.codes:
+            self.codes[stream] = self._next_code  # codes are never reused, even after drop()
+            self._next_code += 1
+        return self.codes[stream]
+
+    def drop(self, ids: Sequence[int], stream: str) -> None:
+        """Forget ``ids``, all of ``stream``'s segments."""
+        if ids:
+            self.present[np.asarray(ids)] = False
+        self.codes.pop(stream, None)
 
     def end_time(self, streams: Sequence[str] | None) -> float | None:
         m = self.mask(None, streams)
@@ -201,44 +236,215 @@ class _Catalog:
 
 
 class TokenMemory:
-    """Open or create a token memory at ``path``.
+    """Open or create a token memory at ``path``: as its one writer (the default) or read-only.
 
-    >>> mem = TokenMemory("runs/cam1", cap_tokens=50_000)
+    >>> mem = TokenMemory("runs/cam1", cap_tokens=50_000)      # the writer: holds writer.lock
     >>> sid = mem.add(compressed_segment, key)          # key: [d] retrieval vector
-    >>> hits = mem.search(query_vectors, k=5, time_range=(0, 600), streams=["cam1"])
-    >>> segments = mem.get([h.segment.id for h in hits[0] if not h.segment.evicted])
+    >>> reader = TokenMemory("runs/cam1", read_only=True)  # no lock, never writes
+    >>> hits = reader.search(query_vectors, k=5, time_range=(0, 600), streams=["cam1"])
+    >>> segments = reader.get([h.segment.id for h in hits[0] if not h.segment.evicted])
 
-    Config comes from keyword arguments (see :class:`MemoryConfig`); reopening an
-    existing memory without them uses the stored config, and a new cap given at
-    reopen takes effect at once. One writer and many readers may share the object
-    across threads.
+    Writer: config comes from keyword arguments (see :class:`MemoryConfig`); reopening an
+    existing memory without them uses the stored config, and a new cap given at reopen
+    takes effect at once. A second writer on the same directory, in any process, fails
+    at once with :class:`MemoryLockedError` naming the holder's PID; the lock of a
+    killed writer is released by the kernel and taken over by the next one, which then
+    sweeps what the dead writer left.
+
+    Read-only (``read_only=True``): the memory must exist; the stored settings are used
+    (only ``use_gpu_index`` may be given); nothing is written: no settings migration, no
+    sweep, no rebalance, no index file. It sees the memory as of the open (search uses
+    that snapshot of the key index; :meth:`refresh` takes a new one), while get(),
+    timeline() and stats() read the manifest as it is now.
+
+    One writer and many readers may share one object across threads.
     """
 
-    def __init__(self, path: str | Path, config: MemoryConfig | None = None, **cfg: Any) -> None:
+    def __init__(
+        self, path: str | Path, config: MemoryConfig | None = None, *, read_only: bool = False, **cfg: Any
+    ) -> None:
         self.root = Path(path)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
         self._lock = RWLock()
         self._write_mutex = threading.Lock()
-        self.shards = ShardStore(self.root)
-        self.manifest = Manifest(self.root)
-        stored = self.manifest.meta("config")
+        self._writer: WriterLock | None = None
+        self._closed = False
+        if read_only:
+            if not (self.root / "manifest.sqlite").is_file():
+                raise MemoryNotFoundError(
+                    f"{self.root} holds no streamvid memory; create one with 'streamvid ingest' or open it for writing"
+                )
+            if config is not None or set(cfg) - {"use_gpu_index"}:
+                given = sorted(set(cfg) - {"use_gpu_index"}) or ["config"]
+                raise ConfigError(
+                    f"a read-only open uses the memory's stored settings; open it for writing to change {given}"
+                )
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._writer = WriterLock(self.root).acquire()  # before anything reads state a writer may change
         try:
-            if config is None:
-                base = json.loads(stored) if stored else {}
+            self._open(config, cfg)
+        except BaseException:
+            self._release()
+            raise
+
+    @classmethod
+    def exists(cls, path: str | Path) -> bool:
+        """Whether ``path`` holds a memory (a manifest); touches nothing."""
+        return (Path(path) / "manifest.sqlite").is_file()
+
+    def _open(self, config: MemoryConfig | None, cfg: dict[str, Any]) -> None:
+        self.shards = ShardStore(self.root, create=not self.read_only)
+        self.manifest = Manifest(self.root, read_only=self.read_only)
+        stored, needs_migration = stored_settings(self.manifest, self.root)
+        if config is None:
+            base = stored.store.model_dump() if stored.store is not None else {}
+            if self.read_only and stored.store is None:
+                raise MemoryNotFoundError(f"{self.root} holds no segments yet; ingest into it first")
+            try:
                 config = MemoryConfig(**{**base, **cfg})
-        except ValueError as err:
-            raise ConfigError(f"bad memory options: {err}") from None
+            except ValueError as err:
+                raise ConfigError(f"bad memory options: {err}") from None
+        settings = stored.model_copy(update={"store": config})
+        if not self.read_only:
+            staged = take_staged(self.root)
+            if staged:
+                settings = merge_settings(settings, self.root, **staged)
+        if not self.read_only and (settings != stored or needs_migration):
+            with self.manifest.transaction() as conn:
+                save_settings(self.manifest, conn, settings)
+            drop_legacy_file(self.root)
+        self._settings = settings
         self.config = config
-        self.manifest.set_meta("config", config.model_dump_json())
         self.dtype = torch.float16 if config.dtype == "float16" else torch.bfloat16
-        self.dim: int | None = self.manifest.meta_int("dim")
-        self.key_dim: int | None = self.manifest.meta_int("key_dim")
+        self.dim: int | None = settings.token_dim
+        self.key_dim: int | None = settings.key_dim
         self._index: KeyIndex | None = None
         self._live: _LiveSet | None = None
         self._catalog = _Catalog()
         self._adds_since_save = 0
-        self._closed = False
         self._recover()
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise MemoryStoreError("this TokenMemory is closed; open it again")
+        if self.read_only:
+            raise ReadOnlyMemoryError(
+                f"{self.root} was opened read-only; open it without read_only=True to write (one writer at a time)"
+            )
+
+    # -- settings --------------------------------------------------------------------
+
+    @property
+    def settings(self) -> MemorySettings:
+        """What this memory remembers (model, embedder, compressor, ratio, fps, widths, store config)."""
+        return self._settings
+
+    def check_settings(self, **given: Any) -> MemorySettings:
+        """The stored settings updated with ``given`` (model, embedder, compressor, ratio, fps;
+        None keeps the stored value), validated; nothing is saved. Raises ConfigError."""
+        unknown = sorted(set(given) - set(INGEST_FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"unknown memory settings {unknown}; choose from {list(INGEST_FIELDS)} "
+                "(cap and index options are given when the writer opens the memory)"
+            )
+        return merge_settings(self._settings, self.root, **given)
+
+    def update_settings(self, **given: Any) -> MemorySettings:
+        """Validate (see :meth:`check_settings`) and save; writer only. Returns the stored settings."""
+        self._check_writable()
+        merged = self.check_settings(**given)
+        with self._write_mutex:
+            if merged != self._settings:
+                with self.manifest.transaction() as conn:
+                    save_settings(self.manifest, conn, merged)
+                self._settings = merged
+        return merged
+
+    def check_widths(
+        self,
+        *,
+        token_dim: int | None = None,
+        key_dim: int | None = None,
+        model: str | None = None,
+        embedder: str | None = None,
+    ) -> None:
+        """Raise SettingsConflictError (one line: which memory setting, what to do) when a model
+        making ``token_dim``-wide tokens or an embedder making ``key_dim``-wide keys does not
+        fit this memory. Call it after loading the components, before ingesting or asking."""
+        check_widths(self._settings, self.root, token_dim=token_dim, key_dim=key_dim, model=model, embedder=embedder)
+
+    # -- ingest progress (resume) ------------------------------------------------------
+
+    def source_progress(self, stream_id: str, source_key: str) -> SourceProgress | None:
+        """How far the ingest of ``source_key`` into ``stream_id`` got (None: never started)."""
+        with self._lock.read():
+            return self.manifest.source_progress(stream_id, source_key)
+
+    def sources(self) -> list[SourceProgress]:
+        """The progress of every (stream, source) ingested into this memory."""
+        with self._lock.read():
+            return self.manifest.sources()
+
+    def ingest_complete(self, stream_id: str, source_key: str) -> bool:
+        """Whether the ingest of ``source_key`` into ``stream_id`` was read to its end."""
+        progress = self.source_progress(stream_id, source_key)
+        return progress is not None and progress.complete
+
+    def mark_source(self, stream_id: str, source_key: str, *, complete: bool = True) -> None:
+        """Record that the ingest of ``source_key`` into ``stream_id`` completed (or not).
+        Each ``add(..., source=...)`` records the time reached and clears ``complete``."""
+        self._check_writable()
+        with self._write_mutex, self._lock.write():
+            with self.manifest.transaction() as conn:
+                self.manifest.set_source_complete(conn, stream_id, source_key, complete, time.time())
+
+    def drop_stream(self, stream_id: str) -> int:
+        """Delete every segment of ``stream_id`` (live or evicted) and its ingest progress, in
+        one transaction (for a deliberate re-ingest from the start). Returns the count removed.
+        Segment ids are never reused."""
+        self._check_writable()
+        with self._write_mutex:
+            rows = self.manifest.stream_rows(stream_id)
+            ids = [r[0] for r in rows]
+            global_sum = None
+            if self.dim is not None:
+                global_sum, global_len = self._global_sum.clone(), self._global_len
+                for _, _, frames, mean in rows:
+                    global_sum -= frames * torch.from_numpy(np.frombuffer(mean, dtype=np.float32).copy()).double()
+                    global_len -= frames
+                if global_len <= 1e-9:  # nothing left: start the running mean afresh
+                    global_sum, global_len = torch.zeros_like(global_sum), 0.0
+            with self._lock.write():
+                with self.manifest.transaction() as conn:
+                    self.manifest.delete_segments(conn, ids)
+                    self.manifest.forget_sources(conn, stream_id)
+                    self.manifest.set_meta("next_id", self._next_id, conn)
+                    if global_sum is not None:
+                        self._store_global(conn, global_sum, global_len)
+                    detail = {"stream": stream_id, "segments": len(ids)}
+                    self.manifest.log_event(conn, time.time(), "drop_stream", detail)
+                if global_sum is not None:
+                    self._global_sum, self._global_len = global_sum, global_len
+                self._catalog.drop(ids, stream_id)
+                if self._live is not None:
+                    gone = set(ids)
+                    self._live.keep([sid not in gone for sid in self._live.ids])
+                if self._index is not None and ids and not self._index.remove(np.asarray(ids, dtype=np.int64)):
+                    self._index = self._new_index()  # this index type cannot remove: rebuild from the manifest
+                    self._fill_index(self._index, self.manifest.ids())
+            for _, shard, _, _ in rows:
+                if shard is not None:
+                    self.shards.delete(shard)
+            if ids:
+                self._save_index()
+        return len(ids)
 
     @property
     def token_cap(self) -> int | None:
@@ -262,9 +468,31 @@ class TokenMemory:
     # -- open / recover ------------------------------------------------------------
 
     def _recover(self) -> None:
-        swept = self.shards.sweep(self.manifest.shard_names())
-        if swept:
-            log.info("%s: removed %d unreferenced shard file(s) left by an interrupted write", self.root, swept)
+        if not self.read_only:  # only the writer may remove files: a reader could race a live writer
+            swept = self.shards.sweep(self.manifest.shard_names())
+            if swept:
+                log.info("%s: removed %d unreferenced shard file(s) left by an interrupted write", self.root, swept)
+        self._load_state()
+        if self.dim is not None and not self.read_only and self.tokens_held > (self.token_cap or 0):
+            with self._write_mutex:
+                self._write(None)
+
+    def refresh(self) -> None:
+        """Read-only: take a new snapshot of the memory (catalog, live set, key index) as the
+        writer has left it now. A writer's state is always current; this is a no-op there."""
+        if not self.read_only:
+            return
+        with self._lock.write():
+            self._settings, _ = stored_settings(self.manifest, self.root)
+            self.dim, self.key_dim = self._settings.token_dim, self._settings.key_dim
+            if self._settings.store is not None:  # the writer may have reopened with a new cap
+                self.config = self._settings.store.model_copy(update={"use_gpu_index": self.config.use_gpu_index})
+            self._catalog = _Catalog()
+            self._live, self._index = None, None
+            self._load_state()
+
+    def _load_state(self) -> None:
+        """Catalog, live set, global mean and key index from the manifest."""
         self._next_id = self.manifest.next_id()
         rows = self.manifest.catalog()
         if rows:
@@ -276,9 +504,6 @@ class TokenMemory:
         self._global_sum = torch.from_numpy(np.frombuffer(self.manifest.meta("global_sum"), dtype=np.float64).copy())
         self._global_len = float(self.manifest.meta("global_len"))
         self._open_index()
-        if self.tokens_held > (self.token_cap or 0):
-            with self._write_mutex:
-                self._write(None)
 
     def _new_index(self) -> KeyIndex:
         assert self.key_dim is not None
@@ -303,24 +528,35 @@ class TokenMemory:
             missing = np.setdiff1d(manifest_ids, have)
             if len(missing) or len(extra):
                 log.info("%s: index repaired (+%d, -%d keys)", self.root, len(missing), len(extra))
-        for chunk in np.array_split(missing, max(1, len(missing) // 4096)):
-            if len(chunk):
-                ids, keys = self.manifest.keys(chunk.tolist())
-                index.add(keys, ids)
+        self._fill_index(index, missing)
         self._index = index
-        if len(missing):
+        if len(missing) and not self.read_only:
             index.save(self._index_path())
+
+    def _fill_index(self, index: KeyIndex, ids: np.ndarray) -> None:
+        for chunk in np.array_split(ids, max(1, len(ids) // 4096)):
+            if len(chunk):
+                found, keys = self.manifest.keys(chunk.tolist())
+                index.add(keys, found)
 
     # -- writing -------------------------------------------------------------------
 
-    def add(self, segment: CompressedSegment, key: torch.Tensor | np.ndarray | Sequence[float]) -> int:
+    def add(
+        self,
+        segment: CompressedSegment,
+        key: torch.Tensor | np.ndarray | Sequence[float],
+        *,
+        source: str | None = None,
+    ) -> int:
         """Store ``segment`` with its retrieval ``key`` [d]; returns the segment id.
 
         If the memory would exceed its cap, budgets are rebalanced first (see
         :func:`memory.rebalance.plan_rebalance`), so the cap holds after every add.
+        ``source``: the source key the segment came from (see agents/ingest.py,
+        ``source_key``); its progress (the segment's end time) is recorded in the same
+        transaction as the segment, so a kill never separates the two.
         """
-        if self._closed:
-            raise MemoryStoreError("this TokenMemory is closed; open it again")
+        self._check_writable()
         if not isinstance(segment, CompressedSegment):
             raise ShapeError(f"add() takes a CompressedSegment, got {type(segment).__name__}")
         key_np = np.asarray(key.detach().cpu().float() if isinstance(key, torch.Tensor) else key, dtype=np.float32)
@@ -331,7 +567,7 @@ class TokenMemory:
             self._ensure_dims(segment.dim, key_np.shape[0])
             sid = self._next_id
             self._next_id += 1
-            self._write(_Pending(sid, segment, key_np))
+            self._write(_Pending(sid, segment, key_np, source))
             self._adds_since_save += 1
             if self._adds_since_save >= self.config.index_save_every:
                 self._save_index()
@@ -339,24 +575,22 @@ class TokenMemory:
 
     def _ensure_dims(self, dim: int, key_dim: int) -> None:
         if self.dim is None:
-            self.dim, self.key_dim = dim, key_dim
+            settings = self._settings.model_copy(update={"token_dim": dim, "key_dim": key_dim})
             with self.manifest.transaction() as conn:
-                self.manifest.set_meta("dim", dim, conn)
-                self.manifest.set_meta("key_dim", key_dim, conn)
+                save_settings(self.manifest, conn, settings)
                 self.manifest.set_meta("global_sum", np.zeros(dim, dtype=np.float64).tobytes(), conn)
                 self.manifest.set_meta("global_len", 0.0, conn)
             self._global_sum = torch.zeros(dim, dtype=torch.float64)
             self._global_len = 0.0
+            self._settings, self.dim, self.key_dim = settings, dim, key_dim
             self._live = _LiveSet(dim)
             self._index = self._new_index()
             return
-        if dim != self.dim:
-            raise ShapeError(f"this memory holds tokens of width {self.dim}; got {dim}. Use one memory per model")
-        if key_dim != self.key_dim:
-            raise ShapeError(f"this memory's keys have {self.key_dim} dims; got {key_dim}. Use the same embedder")
+        self.check_widths(token_dim=dim, key_dim=key_dim)  # SettingsConflictError, a ShapeError
 
     def rebalance(self) -> RebalanceReport | None:
         """Enforce the cap now (normally automatic on add). Returns what was done."""
+        self._check_writable()
         with self._write_mutex:
             if self._live is None:
                 return None
@@ -497,6 +731,7 @@ class TokenMemory:
             )
             self.manifest.insert(conn, row)
             self._store_global(conn, plan.global_sum, plan.global_len)
+            self._record_source(conn, pending)
         for sid, new in rewrites.items():
             if pending is None or sid != pending.id:
                 self.manifest.set_tokens(conn, sid, new.segment.budget, new.shard, new.version, new.nbytes)
@@ -523,7 +758,7 @@ class TokenMemory:
 
     def _add_within_cap(self, pending: _Pending) -> None:
         """Store a segment when the cap is not reached: one shard, one insert, no rebalance."""
-        sid, seg, key = pending
+        sid, seg, key, _ = pending
         name, nbytes = self.shards.write(sid, 0, seg, self.dtype)
         global_sum = self._global_sum + seg.frame_count * seg.mean_token.float().cpu().double()
         global_len = self._global_len + seg.frame_count
@@ -532,17 +767,23 @@ class TokenMemory:
             with self.manifest.transaction() as conn:
                 self.manifest.insert(conn, row)
                 self._store_global(conn, global_sum, global_len)
+                self._record_source(conn, pending)
             self._index.add(key[None], np.array([sid], dtype=np.int64))
             self._catalog.add([sid], [seg.start_time], [seg.end_time], [seg.stream_id])
             self._global_sum, self._global_len = global_sum, global_len
             self._live.append_many([_live_row(sid, seg, seg.budget)])
+
+    def _record_source(self, conn: Any, pending: _Pending) -> None:
+        if pending.source is not None:
+            seg = pending.segment
+            self.manifest.record_source(conn, seg.stream_id, pending.source, seg.end_time, time.time())
 
     def _store_global(self, conn: Any, global_sum: torch.Tensor, global_len: float) -> None:
         self.manifest.set_meta("global_sum", global_sum.numpy().tobytes(), conn)
         self.manifest.set_meta("global_len", global_len, conn)
 
     def _save_index(self) -> None:
-        if self._index is not None:
+        if self._index is not None and not self.read_only:
             with self._lock.read():
                 self._index.save(self._index_path())
         self._adds_since_save = 0
@@ -592,7 +833,22 @@ class TokenMemory:
                     "retained for that time. Raise the cap to keep more",
                     evicted,
                 )
-            return [self._load(i, states[i][1]) for i in ids]
+            return [self._load_fresh(i, states[i][1]) for i in ids]
+
+    def _load_fresh(self, sid: int, shard: str) -> CompressedSegment:
+        """Load a segment; a reader racing the writer in another process may find that the
+        writer has just replaced the shard it was told of: it then follows the manifest."""
+        for _ in range(3):
+            try:
+                return self._load(sid, shard)
+            except CorruptShardError:
+                if not self.read_only:
+                    raise
+                now = self.manifest.states([sid]).get(sid)
+                if now is None or now[0] == "evicted" or now[1] == shard:
+                    raise
+                shard = now[1]
+        return self._load(sid, shard)
 
     def search(
         self,
@@ -680,13 +936,15 @@ class TokenMemory:
     # -- lifetime --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Save the index and close this thread's connection. Idempotent."""
+        """Save the index (writer), close this thread's connection and release the writer
+        lock. Idempotent."""
         if self._closed:
             return
         with self._write_mutex:
             self._save_index()
             self._closed = True
         self.manifest.close()
+        self._release()
 
     def __enter__(self) -> TokenMemory:
         return self

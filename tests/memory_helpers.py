@@ -49,3 +49,61 @@ def make_segment(
         segment_index=index,
         method="synthetic",
     )
+
+
+# A writer process: opens the memory at argv[1] for writing and adds synthetic segments of stream
+# argv[2] whose times start at argv[3] + 4 * index, from index argv[4] on, printing each index.
+# If another writer holds the memory it prints "LOCKED <pid> <message>" and exits with 3.
+WRITER_SCRIPT = r"""
+import sys
+sys.path.insert(0, {tests!r})
+from memory import MemoryLockedError, TokenMemory
+from memory_helpers import make_segment
+from test_memory import key
+
+root, stream, base, first = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+try:
+    mem = TokenMemory(root, cap_tokens=400, index_save_every=4)
+except MemoryLockedError as err:
+    print("LOCKED", err.pid, str(err), flush=True)
+    sys.exit(3)
+print("OPEN", flush=True)
+for i in range(first, first + 100_000):
+    seg = make_segment(20 + i % 17, seed=i, start=base + 4.0 * i, index=i, stream=stream)
+    mem.add(seg, key(i))
+    print(i, flush=True)
+"""
+
+
+def check_rows_match_shards(root, base_of: dict[str, float]) -> int:
+    """Zero corruption, from the files: every live manifest row's shard holds its token count,
+    provenance sums and token times inside the row's [start, end]; each row's stream and time
+    are those its writer gave that segment index (``base_of[stream] + 4 * index``).
+    Returns the number of rows checked."""
+    import sqlite3
+
+    from memory import TokenMemory
+
+    conn = sqlite3.connect(root / "manifest.sqlite")
+    rows = conn.execute(
+        'SELECT id, stream, seg_index, start, "end", n_tokens, original_tokens, status FROM segments'
+    ).fetchall()
+    conn.close()
+    with TokenMemory(root, read_only=True) as mem:
+        for sid, stream, index, start, end, n_tokens, original, status in rows:
+            if stream not in base_of:
+                raise AssertionError(f"segment {sid} has stream {stream!r}, which no writer wrote")
+            if start != base_of[stream] + 4.0 * index or end != start + 3.0:
+                raise AssertionError(f"segment {sid} ({stream} #{index}) is listed at {start}-{end} s")
+            if status != "live":
+                continue
+            (seg,) = mem.get([sid])
+            if not (seg.tokens.shape[0] == seg.sizes.shape[0] == seg.times.shape[0] == n_tokens):
+                raise AssertionError(f"segment {sid}: {n_tokens} tokens listed, shard holds {seg.tokens.shape[0]}")
+            if int(seg.sizes.sum()) != original:
+                raise AssertionError(f"segment {sid}: sizes sum to {int(seg.sizes.sum())}, not {original}")
+            if bool((seg.times < start).any()) or bool((seg.times > end).any()):
+                raise AssertionError(
+                    f"segment {sid} ({start}-{end} s) holds tokens at {seg.times.min()}-{seg.times.max()} s"
+                )
+    return len(rows)

@@ -1,4 +1,6 @@
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -311,3 +313,145 @@ def test_byte_cap_bounds_the_token_payload(tmp_path):
     with TokenMemory(tmp_path / "both", cap_tokens=60, cap_bytes=100 * per_token) as mem:
         mem.add(make_segment(30), key(0))
         assert mem.token_cap == 60  # the tighter cap wins
+
+
+# -- settings: one typed store, in the manifest, validated, written by the writer only ------------------------
+
+
+def meta(root) -> dict:
+    conn = sqlite3.connect(root / "manifest.sqlite")
+    rows = dict(conn.execute("SELECT k, v FROM meta").fetchall())
+    conn.close()
+    return rows
+
+
+def test_settings_live_in_one_place_and_old_memories_migrate(tmp_path):
+    import json
+
+    with TokenMemory(tmp_path, cap_tokens=100) as mem:
+        mem.add(make_segment(10), key(0))
+        assert (mem.settings.token_dim, mem.settings.key_dim, mem.settings.store.cap_tokens) == (16, 8, 100)
+    stored = meta(tmp_path)
+    assert "settings" in stored and not {"config", "dim", "key_dim"} & set(stored)
+    # the layout of older versions: config and widths in three meta keys, the rest in streamvid.json
+    conn = sqlite3.connect(tmp_path / "manifest.sqlite")
+    settings = json.loads(stored["settings"])
+    conn.execute("DELETE FROM meta WHERE k IN ('settings', 'schema_version')")
+    conn.executemany(
+        "INSERT INTO meta VALUES (?, ?)", [("config", json.dumps(settings["store"])), ("dim", 16), ("key_dim", 8)]
+    )
+    conn.execute("DROP TABLE sources")
+    conn.commit()
+    conn.close()
+    old = {"model": "m-old", "embedder": "e-old", "compressor": "tome", "ratio": 0.3, "fps": 2.0}
+    (tmp_path / "streamvid.json").write_text(json.dumps(old))
+    before = meta(tmp_path)
+    with TokenMemory(tmp_path, read_only=True) as reader:  # reads both places, migrates nothing
+        assert reader.settings.ingest() == old and reader.settings.token_dim == 16
+        assert reader.source_progress("cam", "x") is None
+    assert meta(tmp_path) == before and (tmp_path / "streamvid.json").exists()
+    with TokenMemory(tmp_path) as mem:  # the writer moves everything into the one row
+        assert mem.settings.ingest() == old and mem.settings.store.cap_tokens == 100
+        check_consistent(mem)
+    after = meta(tmp_path)
+    assert not {"config", "dim", "key_dim"} & set(after) and int(after["schema_version"]) == 2
+    assert json.loads(after["settings"])["model"] == "m-old" and not (tmp_path / "streamvid.json").exists()
+
+
+def test_settings_are_validated_before_anything_is_saved(tmp_path):
+    from cli.settings import DEFAULTS, resolve_settings
+    from streamvid.errors import UnknownNameError
+
+    with TokenMemory(tmp_path, cap_tokens=100) as mem:
+        first = resolve_settings(mem, model="m", fps=2.0)
+        assert first.ingest() == {**DEFAULTS, "model": "m", "fps": 2.0}
+        saved = meta(tmp_path)["settings"]
+        for bad, error in (
+            ({"ratio": 2.0}, ConfigError),
+            ({"fps": 0}, ConfigError),
+            ({"compressor": "nope"}, UnknownNameError),
+        ):
+            with pytest.raises(error):
+                resolve_settings(mem, **bad)
+            assert meta(tmp_path)["settings"] == saved and mem.settings == first
+        with pytest.raises(ConfigError, match="unknown memory settings"):
+            mem.update_settings(cap_tokens=5)
+    with TokenMemory(tmp_path, read_only=True) as reader:
+        assert reader.settings == first
+        asked = resolve_settings(reader, model="other")  # a reader validates, never saves
+        assert asked.model == "other" and reader.settings.model == "m"
+    assert meta(tmp_path)["settings"] == saved
+
+
+def test_a_model_or_embedder_of_another_width_is_a_one_line_typed_error(tmp_path):
+    from memory import SettingsConflictError
+
+    with TokenMemory(tmp_path, cap_tokens=100) as mem:
+        mem.check_widths(token_dim=32, key_dim=4)  # nothing stored yet: anything fits
+        mem.update_settings(model="m16", embedder="e8")
+        mem.add(make_segment(10), key(0))
+        mem.check_widths(token_dim=16, key_dim=8, model="m16", embedder="e8")
+        with pytest.raises(SettingsConflictError) as err:
+            mem.check_widths(token_dim=32, model="m32")
+        text = str(err.value)
+        assert "\n" not in text and "width 16 (setting token_dim, from model 'm16')" in text
+        assert "model 'm32' makes width 32" in text and "--model" in text and "--memory" in text
+        with pytest.raises(SettingsConflictError, match=r"8 dims \(setting key_dim, from embedder 'e8'\).*--embedder"):
+            mem.check_widths(key_dim=4, embedder="e4")
+        with pytest.raises(ConfigError):  # also a ConfigError (and a ShapeError, as add() raised before)
+            mem.add(make_segment(10, dim=32), key(1))
+        assert mem.segment_counts() == (1, 0)
+
+
+def test_cli_load_settings_validates_first_and_writes_only_as_the_writer(tmp_path):
+    from cli.settings import DEFAULTS, load_settings
+    from memory import MemoryLockedError
+
+    new = tmp_path / "new"
+    assert load_settings(new, model="m", ratio=0.5) == {**DEFAULTS, "model": "m", "ratio": 0.5}
+    assert not new.exists()  # nothing is created before the writer opens the memory
+    with pytest.raises(ConfigError):
+        load_settings(tmp_path / "bad", ratio=-1)
+    with TokenMemory(new, cap_tokens=10) as mem:  # the writer that creates it saves them
+        assert mem.settings.model == "m" and mem.settings.ratio == 0.5
+    before = meta(new)
+    assert load_settings(new) == {**DEFAULTS, "model": "m", "ratio": 0.5} and meta(new) == before
+    assert load_settings(new, fps=3.0)["fps"] == 3.0
+    with TokenMemory(new, read_only=True) as reader:
+        assert reader.settings.fps == 3.0
+    with TokenMemory(new):  # this process holds the memory: the settings are used, not saved
+        assert load_settings(new, fps=4.0)["fps"] == 4.0
+    with TokenMemory(new, read_only=True) as reader:
+        assert reader.settings.fps == 3.0
+    script = "import sys; from memory import TokenMemory; m = TokenMemory(sys.argv[1]); print(1, flush=True); input()"
+    other = subprocess.Popen(
+        [sys.executable, "-c", script, str(new)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout.readline().strip() == "1"
+        with pytest.raises(MemoryLockedError, match=f"pid {other.pid}"):  # another process writes: fail at once
+            load_settings(new, fps=4.0)
+    finally:
+        other.kill()
+        other.wait(timeout=30)
+
+
+@pytest.mark.parametrize("factory", ["IDMap2,Flat", "IDMap2,HNSW32,Flat"])
+def test_drop_stream_removes_its_segments_and_progress_in_one_step(tmp_path, factory):
+    with TokenMemory(tmp_path, cap_tokens=5, index_factory=factory) as mem:
+        for i in range(8):
+            mem.add(make_segment(30, seed=i, stream="ab"[i % 2], start=4.0 * i, index=i), key(i), source=f"src{i % 2}")
+        assert mem.stats().segments_evicted > 0
+        assert mem.source_progress("a", "src0").last_time == 4.0 * 6 + 3 and not mem.ingest_complete("a", "src0")
+        mem.mark_source("a", "src0")
+        assert mem.ingest_complete("a", "src0") and [p.stream for p in mem.sources()] == ["a", "b"]
+        assert mem.drop_stream("a") == 4
+        assert mem.streams() == ["b"] and mem.source_progress("a", "src0") is None
+        check_consistent(mem)
+        (hits,) = mem.search(key(0), k=8)
+        assert {h.segment.stream for h in hits} == {"b"}
+        mem.add(make_segment(30, seed=20, stream="a", start=100.0, index=0), key(20))
+        check_consistent(mem)
+    with TokenMemory(tmp_path) as mem:
+        assert mem.add(make_segment(10, seed=21, stream="c", start=200.0), key(21)) == 9  # ids are never reused
+        check_consistent(mem)

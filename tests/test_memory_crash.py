@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from memory_helpers import check_rows_match_shards
 from test_memory import check_consistent
 
 from memory import TokenMemory
@@ -66,3 +67,5 @@ def test_sigkill_at_random_moments(tmp_path):
             assert set(reported) <= stored
             assert max(stored) <= reported[-1] + 1
             next_index = max(stored) + 1
+        # every row still matches its shard and the data its writer gave that index
+        assert check_rows_match_shards(mem_dir, {"cam0": 0.0, "cam1": 0.0}) == len(stored)
