@@ -157,10 +157,15 @@ class IngestStage:
         self.source = source
         self.index_offset = index_offset
         self.stats = StageStats()
+        # tower attention maps only when the compressor uses them and the adapter can give them
+        self.attention_scores = bool(set(compressor.score_maps) & set(llm.capabilities.score_maps))
 
     def __call__(self, segment: Segment) -> int:
         t0 = time.perf_counter()
-        grid = self.llm.encode(segment.frames, segment.timestamps)
+        if self.attention_scores:
+            grid = self.llm.encode(segment.frames, segment.timestamps, attention_scores=True)
+        else:
+            grid = self.llm.encode(segment.frames, segment.timestamps)
         grid = replace(grid, stream_id=segment.stream_id, segment_index=segment.index + self.index_offset)
         t1 = time.perf_counter()
         (compressed,) = self.compressor.compress(grid, boundaries=[0, grid.num_frames])
@@ -287,6 +292,7 @@ def build_ingest(
     on_stored: Callable[[Segment, int], Any] | None = None,
     resume: bool = True,
     from_start: bool = False,
+    strict: bool = False,
 ) -> Ingest:
     """Wire ``source`` (anything ``open_source`` takes) into ``memory`` (opened for writing)
     under ``stream_id``.
@@ -301,6 +307,8 @@ def build_ingest(
     the stream's segments with a fresh ingest. resume=False on a file this stream already
     holds progress for raises ConfigError rather than store its time ranges twice.
     Resume needs the same fps and cut rule as the interrupted run for identical segments.
+    strict: the first hole in the source (corrupt data, a gap, an early end) raises
+    instead of being reported in the stats.
     """
     key = source_key(source)
     stage = IngestStage(llm, compressor, embedder, memory, key_frames=key_frames, on_stored=on_stored, source=key)
@@ -315,6 +323,7 @@ def build_ingest(
         max_reconnects=max_reconnects,
         reconnect_backoff=reconnect_backoff or DEFAULT_RECONNECT_BACKOFF,
         progress=progress,
+        strict=strict,
     )
     job = Ingest(stream_id, pipeline, stage, source=key, from_start=from_start)
     if from_start or key is None or pipeline.live:

@@ -165,3 +165,18 @@ def test_langchain_tools_and_retriever(llm, video, tmp_path):
     )
     assert "start <= end" in out.content
     memory.close()
+
+
+def test_aot_ingest_asks_the_tower_for_attention_maps(llm, video, tmp_path):
+    memory = TokenMemory(tmp_path / "mem", cap_tokens=100_000)
+    job = build_ingest(
+        video, memory, llm, ColorEmbedder(), create_compressor("aot", ratio=0.5), stream_id="cam", fps=2, max_size=None
+    )
+    assert job.stage.attention_scores
+    job.run()
+    methods = {memory.get([s.id])[0].method for s in memory.timeline("cam")}
+    assert methods == {"aot[attn_received+attn_received_late]"}
+    # a compressor that uses no maps does not pay for eager attention
+    other = build_ingest(video, memory, llm, ColorEmbedder(), create_compressor("infomerge"), stream_id="b", fps=2)
+    assert not other.stage.attention_scores
+    memory.close()

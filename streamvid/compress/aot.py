@@ -492,6 +492,7 @@ class AOT(Compressor):
 
     name = "aot"
     config_class = AOTConfig
+    score_maps = ("attn_received", "attn_received_late")
 
     def _compress(self, grid: TokenGrid, boundaries: list[int] | None) -> list[CompressedSegment]:
         cfg = self.config

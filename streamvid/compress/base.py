@@ -45,6 +45,8 @@ class Compressor(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[CompressorConfig]] = CompressorConfig
+    # named TokenGrid.scores maps the method uses when an encoder can give them
+    score_maps: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **cfg: Any) -> None:
         try:
