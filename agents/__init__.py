@@ -4,7 +4,7 @@ Imports flow one way: ``cli -> bench -> agents -> memory -> streamvid``. The Lan
 is in ``agents.langchain`` (imported on demand).
 """
 
-from agents.ingest import Ingest, IngestStage, StageStats, build_ingest
+from agents.ingest import Ingest, IngestStage, StageStats, build_ingest, ingest_complete, source_key
 from agents.live import LiveSession, SessionStatus, StreamStatus
 from agents.qa import Answer, UsedSegment, VideoQA
 from agents.timeparse import parse_clock, parse_time_range
@@ -20,6 +20,8 @@ __all__ = [
     "UsedSegment",
     "VideoQA",
     "build_ingest",
+    "ingest_complete",
     "parse_clock",
     "parse_time_range",
+    "source_key",
 ]

@@ -72,10 +72,15 @@ def rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _live_segments(path: Path) -> int:
+    with TokenMemory(path, read_only=True) as mem:
+        return mem.stats().segments_live
+
+
 def bench_search(root: Path, count: int, queries: int = 1000) -> dict[str, Any]:
     path = root / f"search-{count}"
     keys = unit_keys(count, seed=count)
-    if not (path / "manifest.sqlite").exists() or TokenMemory(path).stats().segments_live != count:
+    if not (path / "manifest.sqlite").exists() or _live_segments(path) != count:
         shutil.rmtree(path, ignore_errors=True)
         t0 = time.perf_counter()
         with TokenMemory(path, cap_tokens=10**9) as mem:

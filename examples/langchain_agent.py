@@ -28,7 +28,7 @@ parser.add_argument("--embedder", default=DEFAULT_EMBEDDER)
 parser.add_argument("--chat", default=None, help="provider:model for langchain's init_chat_model")
 args = parser.parse_args()
 
-qa = VideoQA(load_adapter(args.model), TokenMemory(args.memory), load_embedder(args.embedder))
+qa = VideoQA(load_adapter(args.model), TokenMemory(args.memory, read_only=True), load_embedder(args.embedder))
 tools = {t.name: t for t in (VideoSearchTool(qa=qa), VideoMemoryTool(qa=qa))}
 
 if args.chat:

@@ -213,6 +213,11 @@ class VideoLLM(ABC):
         return "none"
 
     @property
+    def hidden_size(self) -> int:
+        """Width D of the visual tokens this adapter makes (the LLM's embedding width)."""
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
     def context_length(self) -> int | None:
         """The language model's context window in tokens (None when the config does not say)."""
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
