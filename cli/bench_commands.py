@@ -1,4 +1,6 @@
-"""``streamvid bench ...``: the evaluation suite and its parts, each a function call into ``bench``."""
+"""``streamvid bench ...``: the evaluation suite and its parts, each a function call into ``bench``.
+
+Errors are raised; cli.main prints them as one line."""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import console, fail
-from streamvid.errors import StreamvidError
+from cli.common import CHECKS, console
 
 app = typer.Typer(help="Benchmarks that print ratios measured side by side.", no_args_is_help=True)
 
@@ -35,10 +36,7 @@ def run(
 
     from bench.suite import run_suite, write_markdown
 
-    try:
-        report = run_suite(profile, out, progress=console, parts=parts.split(",") if parts else None)
-    except StreamvidError as err:
-        fail(err)
+    report = run_suite(profile, out, progress=console, parts=parts.split(",") if parts else None)
     if docs is not None:
         images = docs.parent / "benchmarks"
         images.mkdir(parents=True, exist_ok=True)
@@ -51,21 +49,22 @@ def run(
 
 @app.command("compression")
 def compression(
-    frames: Annotated[int, typer.Option(help="frames per clip")] = 32,
-    encoder_frames: Annotated[int, typer.Option(help="frames run through the encoder (<= frames)")] = 32,
-    repeats: Annotated[int, typer.Option(help="timed runs per method (median)")] = 3,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    frames: Annotated[int, typer.Option(help="frames per clip (>= 1)", callback=CHECKS["positive_int"])] = 32,
+    encoder_frames: Annotated[
+        int, typer.Option(help="frames run through the encoder (1..frames)", callback=CHECKS["positive_int"])
+    ] = 32,
+    repeats: Annotated[
+        int, typer.Option(help="timed runs per method (median; >= 1)", callback=CHECKS["positive_int"])
+    ] = 3,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps", callback=CHECKS["device"])] = "cpu",
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
 ) -> None:
     """Compression time per clip vs a SigLIP-so400m-shaped vision tower, same run, same device."""
     from bench.compression_speed import print_report, run_compression_benchmark
 
-    try:
-        report = run_compression_benchmark(
-            frames=frames, encoder_frames=encoder_frames, repeats=repeats, device=device, progress=console
-        )
-    except StreamvidError as err:
-        fail(err)
+    report = run_compression_benchmark(
+        frames=frames, encoder_frames=encoder_frames, repeats=repeats, device=device, progress=console
+    )
     print_report(report, console)
     _write_json(report, out)
 
@@ -73,17 +72,16 @@ def compression(
 @app.command("ingest")
 def ingest(
     video: Annotated[Path | None, typer.Argument(help="a video; default: vtest.avi (fetched once)")] = None,
-    fps: Annotated[float, typer.Option(help="sampling rate")] = 2.0,
-    repeats: Annotated[int, typer.Option(help="runs (best is reported)")] = 3,
+    fps: Annotated[
+        float, typer.Option(help="sampling rate in frames per second (> 0)", callback=CHECKS["positive_float"])
+    ] = 2.0,
+    repeats: Annotated[int, typer.Option(help="runs (best is reported; >= 1)", callback=CHECKS["positive_int"])] = 3,
 ) -> None:
     """Decode + sample + segment throughput as a multiple of real time."""
     from bench.ingest_speed import run_ingest_benchmark
     from bench.media import fetch_vtest
 
-    try:
-        report = run_ingest_benchmark(video or fetch_vtest(), fps=fps, repeats=repeats)
-    except StreamvidError as err:
-        fail(err)
+    report = run_ingest_benchmark(video or fetch_vtest(), fps=fps, repeats=repeats)
     console.print(
         f"{report['video']}: {report['media_seconds']:.1f} s of video, {report['frames_decoded']} frames "
         f"decoded, {report['frames_sampled']} sampled at {fps:g} fps, {report['segments']} segments in "
@@ -95,9 +93,9 @@ def ingest(
 @app.command("prefill")
 def prefill(
     size: Annotated[str, typer.Option(help="LM shape: 0.5b or 7b")] = "0.5b",
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps", callback=CHECKS["device"])] = "cpu",
     dtypes: Annotated[str, typer.Option(help="comma-separated dtypes")] = "float32,bfloat16",
-    repeats: Annotated[int, typer.Option(help="timed runs (median)")] = 1,
+    repeats: Annotated[int, typer.Option(help="timed runs (median; >= 1)", callback=CHECKS["positive_int"])] = 1,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
 ) -> None:
     """Prefill time, all 32 x 196 visual tokens vs InfoMerge at 25/15/10% (compression included)."""
@@ -105,12 +103,9 @@ def prefill(
 
     from bench.prefill_speed import run_prefill_benchmark
 
-    try:
-        report = run_prefill_benchmark(
-            size=size, device=device, dtypes=tuple(dtypes.split(",")), repeats=repeats, progress=console
-        )
-    except StreamvidError as err:
-        fail(err)
+    report = run_prefill_benchmark(
+        size=size, device=device, dtypes=tuple(dtypes.split(",")), repeats=repeats, progress=console
+    )
     table = Table(title=f"prefill, {report['lm']}, {report['device']}")
     for col in ("dtype", "method", "ratio", "tokens", "seconds", "speedup"):
         table.add_column(col, justify="left" if col in ("dtype", "method") else "right")
@@ -145,7 +140,9 @@ def memory(
 
 @app.command("qa")
 def qa(
-    questions: Annotated[int, typer.Option(help="questions asked (median reported)")] = 5,
+    questions: Annotated[
+        int, typer.Option(help="questions asked (median reported; >= 1)", callback=CHECKS["positive_int"])
+    ] = 5,
     dtype: Annotated[str, typer.Option(help="LM dtype")] = "float32",
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
 ) -> None:
@@ -164,20 +161,22 @@ def harness(
     modes: Annotated[
         str, typer.Option(help="comma-separated: full, <compressor>@R, streaming@R")
     ] = "full,infomerge@0.15",
-    frames: Annotated[int, typer.Option(help="frames per video (full and compressor modes)")] = 32,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda when available)")] = None,
+    frames: Annotated[
+        int, typer.Option(help="frames per video (full and compressor modes; >= 1)", callback=CHECKS["positive_int"])
+    ] = 32,
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda, cuda:N or mps (default: cuda when available)", callback=CHECKS["device"]),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
 ) -> None:
     """Accuracy on a multiple-choice video benchmark, with and without compression, as % of full."""
     from bench.harness import load_questions, run_harness
     from streamvid.models import load_adapter
 
-    try:
-        items = load_questions(questions)
-        llm = load_adapter(model, device=device)
-        report = run_harness(llm, items, modes=tuple(modes.split(",")), frames=frames, progress=console)
-    except StreamvidError as err:
-        fail(err)
+    items = load_questions(questions)
+    llm = load_adapter(model, device=device)
+    report = run_harness(llm, items, modes=tuple(modes.split(",")), frames=frames, progress=console)
     for mode, accuracy in report["accuracy"].items():
         rel = report["percent_of_full"][mode]
         console.print(f"{mode}: {accuracy:.1%}" + (f" ({rel:.1f}% of full)" if rel is not None else ""))

@@ -1,142 +1,368 @@
 """Commands on videos and memories: ingest, watch, ask, inspect; and sample-video, demo.
 
 Every model, torch and the memory are imported inside the commands, so ``--help`` and
-argument errors stay fast. Errors print one line and exit 1.
+argument errors stay fast. Options are checked before anything heavy runs (cli.common);
+errors are raised, and cli.main prints them as one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from cli.common import DEFAULT_CAP, DeviceOpt, EmbedderOpt, ModelOpt, console, fail
-from cli.settings import load_settings
-from streamvid.errors import StreamvidError
+from cli.common import (
+    CHECKS,
+    DEFAULT_CAP,
+    DEFAULT_EMBEDDER,
+    DEFAULT_MODEL,
+    OPTIONS,
+    CapOpt,
+    CliError,
+    CompressorOpt,
+    DeviceOpt,
+    EmbedderOpt,
+    FpsOpt,
+    IngestProgress,
+    MaxReconnectsOpt,
+    MemoryOpt,
+    ModelOpt,
+    NewDirs,
+    RatioOpt,
+    ReconnectTimeoutOpt,
+    StreamOpt,
+    console,
+    err_console,
+    quiet_libraries,
+    require,
+    resolve_checkpoint,
+)
+from streamvid.errors import StreamDisconnectedError, UnknownNameError
 
 __all__ = ["ask", "demo", "ingest", "inspect", "sample_video", "watch"]
 
+MANIFEST = "manifest.sqlite"
+RECONNECT_HINT = "pass --max-reconnects N or --reconnect-timeout SECONDS to wait longer for the source"
 
-def _components(settings: dict[str, Any], memory_dir: Path, cap_tokens: int | None, device: str | None):
-    """The Video-LLM, embedder, compressor and memory a memory's settings name."""
-    from memory import TokenMemory
-    from streamvid.compress import create_compressor
+
+def _is_memory(path: Path) -> bool:
+    return (path / MANIFEST).exists()
+
+
+def _load_models(settings: dict[str, Any], device: str | None) -> tuple[Any, Any]:
+    """(the Video-LLM, the retrieval embedder) the settings name; checkpoints resolved first."""
+    embedder = settings["embedder"]
+    model_path = resolve_checkpoint(settings["model"], "--model")
+    embedder_path = embedder if str(embedder).lower() == "none" else resolve_checkpoint(embedder, "--embedder")
+    quiet_libraries(OPTIONS.verbose)
     from streamvid.embedders import load_embedder
     from streamvid.models import load_adapter
 
-    with console.status(f"loading {settings['model']} ..."):
-        llm = load_adapter(settings["model"], device=device)
-        embedder = load_embedder(settings["embedder"], device=device)
-    compressor = create_compressor(settings["compressor"], ratio=settings["ratio"])
-    exists = (memory_dir / "manifest.sqlite").exists()
-    cap = {"cap_tokens": cap_tokens} if cap_tokens else ({} if exists else {"cap_tokens": DEFAULT_CAP})
-    return llm, embedder, compressor, TokenMemory(memory_dir, **cap)
+    with err_console.status(f"loading {settings['model']} ..."):
+        llm = load_adapter(model_path, device=device)
+        emb = load_embedder(embedder_path, device=device)
+    return llm, emb
 
 
-def _ingest(
+def _open_memory(memory_dir: Path, cap_tokens: int | None = None) -> Any:
+    """The memory at ``memory_dir``; a new one gets ``cap_tokens`` or the default cap."""
+    from memory import TokenMemory
+
+    cap = cap_tokens if cap_tokens is not None else (None if _is_memory(memory_dir) else DEFAULT_CAP)
+    return TokenMemory(memory_dir, **({"cap_tokens": cap} if cap is not None else {}))
+
+
+@dataclass
+class Wired:
+    """An ingest ready to run, and what it was built from."""
+
+    job: Any
+    memory: Any
+    llm: Any
+    embedder: Any
+
+
+def _wire_ingest(
     source: Any,
     memory_dir: Path,
     settings: dict[str, Any],
+    *,
     cap: int | None,
     device: str | None,
     stream: str,
     live: bool | None,
     max_reconnects: int = 5,
-    progress: bool = True,
-):
-    """(the wired ingest, the memory, the Video-LLM, the embedder)."""
+) -> Wired:
+    """Open the source (a bad path fails here, before any model is loaded), load the models,
+    open the memory, and wire them with ``agents.build_ingest``."""
     from agents.ingest import build_ingest
+    from streamvid.compress import create_compressor
     from streamvid.ingest import open_source
 
-    source = open_source(source)  # a bad path fails here, before any model is loaded
-    llm, embedder, compressor, memory = _components(settings, memory_dir, cap, device)
+    opened = open_source(source)
+    llm, emb = _load_models(settings, device)
+    compressor = create_compressor(settings["compressor"], ratio=settings["ratio"])
+    mem = _open_memory(memory_dir, cap)
     job = build_ingest(
-        source,
-        memory,
+        opened,
+        mem,
         llm,
-        embedder,
+        emb,
         compressor,
         stream_id=stream,
         fps=settings["fps"],
         live=live,
         max_reconnects=max_reconnects,
-        progress=progress,
+        progress=False,  # the CLI shows its own (IngestProgress)
     )
-    return job, memory, llm, embedder
+    return Wired(job, mem, llm, emb)
+
+
+@dataclass
+class Outcome:
+    """How a driven ingest ended: its stats and why it stopped."""
+
+    stats: Any
+    reason: str  # "ended", "error", "interrupted", "duration", "stalled"
+    error: BaseException | None = None
+
+
+def _drive(
+    job: Any,
+    *,
+    duration: float | None = None,
+    reconnect_timeout: float | None = None,
+    name: str = "ingest",
+) -> Outcome:
+    """Run ``job`` in the background with a progress display until it ends, Ctrl-C (a second one
+    aborts), ``duration`` seconds, or (live sources) ``reconnect_timeout`` seconds without a frame."""
+    stop = threading.Event()
+    previous = None
+
+    def on_sigint(*_: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    live = bool(job.pipeline.live)
+    progress = IngestProgress(f"{name} {job.pipeline.source.name}", None if live else job.pipeline.source.duration)
+    start = last_change = time.monotonic()
+    last_frames, reason, error = 0, "ended", None
+    job.start()
+    try:
+        while True:
+            try:
+                job.join(timeout=0.25)
+                break
+            except TimeoutError:
+                pass
+            except Exception as err:  # noqa: BLE001 - the source's error, after the segments before it
+                error = err
+                break
+            now, stats = time.monotonic(), job.stats
+            if not live:
+                progress.set_total(job.pipeline.source.duration)
+            progress.update(stats)
+            if stats.frames_decoded != last_frames:
+                last_frames, last_change = stats.frames_decoded, now
+            if reason == "ended":
+                if stop.is_set():
+                    reason = "interrupted"
+                elif duration is not None and now - start >= duration:
+                    reason = "duration"
+                elif live and reconnect_timeout is not None and now - last_change >= reconnect_timeout:
+                    reason = "stalled"
+                if reason != "ended":
+                    job.stop()  # the open segment is still delivered; the loop joins
+    except BaseException:  # a second Ctrl-C
+        job.stop()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        progress.close(job.stats, finished=reason == "ended" and error is None)
+    return Outcome(job.stats, "error" if error is not None else reason, error)
+
+
+def _check_outcome(outcome: Outcome, source: str, reconnect_timeout: float | None) -> None:
+    """Raise for an ingest that ended in an error, stalled, or never delivered a frame."""
+    stats = outcome.stats
+    last = f"; last error: {stats.errors[-1]}" if stats.errors else ""
+    if outcome.error is not None:
+        if isinstance(outcome.error, StreamDisconnectedError):
+            raise CliError(str(outcome.error), hint=RECONNECT_HINT) from outcome.error
+        raise outcome.error
+    if outcome.reason == "stalled":
+        raise CliError(
+            f"{source}: no frame for {reconnect_timeout:g} s ({stats.reconnects} reconnects{last}); gave up",
+            hint=RECONNECT_HINT,
+        )
+    if stats.frames_decoded == 0:
+        when = " before Ctrl-C" if outcome.reason == "interrupted" else ""
+        raise CliError(
+            f"{source}: no frame arrived{when} ({stats.reconnects} reconnects{last})",
+            hint=f"check that the source is up; {RECONNECT_HINT}",
+        )
+
+
+def _ingest_into(
+    memory: Path,
+    source: str,
+    given: dict[str, Any],
+    *,
+    cap: int | None,
+    device: str | None,
+    stream: str,
+    live: bool | None,
+    max_reconnects: int,
+    reconnect_timeout: float | None,
+    duration: float | None = None,
+    name: str = "ingest",
+) -> tuple[Outcome, Any]:
+    """Ingest ``source`` into the memory directory ``memory`` with the settings ``given`` (None: the
+    memory's); returns how it ended and the memory's stats. A directory this run created is removed
+    again when nothing was stored in it."""
+    from cli.settings import load_settings
+
+    _check_compressor(given.get("compressor"))
+    new = NewDirs(memory)
+    wired = None
+    try:
+        settings = load_settings(memory, **given)
+        wired = _wire_ingest(
+            source,
+            memory,
+            settings,
+            cap=cap,
+            device=device,
+            stream=stream,
+            live=live,
+            max_reconnects=max_reconnects,
+        )
+        outcome = _drive(wired.job, duration=duration, reconnect_timeout=reconnect_timeout, name=name)
+        held = wired.memory.stats()
+        wired.memory.close()
+    except BaseException:
+        _close_quietly(wired)
+        if wired is None or wired.job.stats.segments == 0:
+            new.discard()  # a failed first run leaves no memory directory behind
+        raise
+    if outcome.stats.segments == 0:
+        new.discard()
+    return outcome, held
+
+
+def _check_compressor(name: str | None) -> None:
+    """An unknown --compressor is a usage error, found before the memory's settings are written."""
+    if name is None:
+        return
+    from streamvid.compress import list_compressors
+
+    known = list_compressors()
+    if name not in known:
+        raise CliError(f"--compressor: {UnknownNameError('compressor', name, known)}", exit_code=2)
+
+
+def _close_quietly(wired: Wired | None) -> None:
+    if wired is None:
+        return
+    try:
+        wired.job.stop()
+        wired.memory.close()
+    except Exception:  # noqa: BLE001 - already failing; the first error is the one reported
+        pass
 
 
 def ingest(
     source: Annotated[str, typer.Argument(help="a video file or a stream URL")],
-    memory: Annotated[Path, typer.Option(help="memory directory (created if new)")],
+    memory: MemoryOpt,
     model: ModelOpt = None,
     embedder: EmbedderOpt = None,
-    compressor: Annotated[str | None, typer.Option(help="compressor name")] = None,
-    ratio: Annotated[float | None, typer.Option(help="fraction of visual tokens kept per segment")] = None,
-    cap_tokens: Annotated[int | None, typer.Option(help="global cap on tokens held")] = None,
-    fps: Annotated[float | None, typer.Option(help="frames sampled per second")] = None,
-    stream: Annotated[str, typer.Option(help="stream id for these segments")] = "default",
-    max_reconnects: Annotated[int, typer.Option(help="reconnect attempts in a row for a live source")] = 5,
+    compressor: CompressorOpt = None,
+    ratio: RatioOpt = None,
+    cap_tokens: CapOpt = None,
+    fps: FpsOpt = None,
+    stream: StreamOpt = "default",
+    max_reconnects: MaxReconnectsOpt = 5,
+    reconnect_timeout: ReconnectTimeoutOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Ingest a file (or a stream until it ends) into a memory."""
-    try:
-        settings = load_settings(memory, model=model, embedder=embedder, compressor=compressor, ratio=ratio, fps=fps)
-        job, mem, _, _ = _ingest(source, memory, settings, cap_tokens, device, stream, None, max_reconnects)
-        stats = job.run()
-        s = mem.stats()
-        mem.close()
-    except StreamvidError as err:
-        fail(err)
-    console.print(
-        f"ingested {stats.frames_sampled} frames into {stats.segments} segments "
-        f"({stats.realtime_factor:.1f}x real time); memory holds {s.tokens_held}/{s.token_cap} tokens in "
-        f"{s.segments_live} live segments ({s.segments_evicted} evicted)"
+    outcome, held = _ingest_into(
+        memory,
+        source,
+        {"model": model, "embedder": embedder, "compressor": compressor, "ratio": ratio, "fps": fps},
+        cap=cap_tokens,
+        device=device,
+        stream=stream,
+        live=None,
+        max_reconnects=max_reconnects,
+        reconnect_timeout=reconnect_timeout,
     )
+    s = outcome.stats
+    if s.segments:
+        console.print(
+            f"ingested {s.frames_sampled} frames into {s.segments} segments "
+            f"({s.realtime_factor:.1f}x real time); memory holds {held.tokens_held}/{held.token_cap} tokens in "
+            f"{held.segments_live} live segments ({held.segments_evicted} evicted)",
+            soft_wrap=True,
+        )
+    _check_outcome(outcome, source, reconnect_timeout)
+    if outcome.reason == "interrupted":
+        raise CliError("interrupted; the segments before Ctrl-C are stored", exit_code=130)
 
 
 def watch(
     url: Annotated[str, typer.Argument(help="a live source: rtsp/http/tcp/udp URL or /dev/videoN")],
-    memory: Annotated[Path, typer.Option(help="memory directory")],
+    memory: MemoryOpt,
     model: ModelOpt = None,
     embedder: EmbedderOpt = None,
-    cap_tokens: Annotated[int | None, typer.Option(help="global cap on tokens held")] = None,
-    fps: Annotated[float | None, typer.Option(help="frames sampled per second")] = None,
-    stream: Annotated[str, typer.Option(help="stream id")] = "camera",
-    duration: Annotated[float | None, typer.Option(help="stop after this many seconds (default: Ctrl-C)")] = None,
-    max_reconnects: Annotated[int, typer.Option(help="reconnect attempts in a row before giving up")] = 5,
+    compressor: CompressorOpt = None,
+    ratio: RatioOpt = None,
+    cap_tokens: CapOpt = None,
+    fps: FpsOpt = None,
+    stream: StreamOpt = "camera",
+    duration: Annotated[
+        float | None,
+        typer.Option(help="stop after this many seconds (> 0; default: at Ctrl-C)", callback=CHECKS["positive_float"]),
+    ] = None,
+    max_reconnects: MaxReconnectsOpt = 5,
+    reconnect_timeout: ReconnectTimeoutOpt = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Ingest a live source until Ctrl-C or --duration (frames are dropped, never the source blocked)."""
-    try:
-        settings = load_settings(memory, model=model, embedder=embedder, fps=fps)
-        job, mem, _, _ = _ingest(url, memory, settings, cap_tokens, device, stream, True, max_reconnects)
-    except StreamvidError as err:
-        fail(err)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda *_: (job.stop(), stop.set()))
-    deadline = None if duration is None else time.monotonic() + duration
-    try:
-        job.start()
-        while not stop.wait(0.5) and job.running:
-            if deadline is not None and time.monotonic() >= deadline:
-                job.stop()
-                break
-        stats = job.join(timeout=60)
-    except StreamvidError as err:
-        fail(err)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        mem.close()
-    console.print(
-        f"stopped: {stats.frames_sampled} frames, {stats.frames_dropped} dropped, "
-        f"{stats.segments} segments, {stats.reconnects} reconnects"
+    """Ingest a live source until Ctrl-C or --duration (frames are dropped, never the source blocked).
+    Exits 1 when the source never delivered a frame or ended in an error."""
+    outcome, _ = _ingest_into(
+        memory,
+        url,
+        {"model": model, "embedder": embedder, "compressor": compressor, "ratio": ratio, "fps": fps},
+        cap=cap_tokens,
+        device=device,
+        stream=stream,
+        live=True,
+        max_reconnects=max_reconnects,
+        reconnect_timeout=reconnect_timeout,
+        duration=duration,
+        name="watch",
     )
+    s = outcome.stats
+    if s.segments:
+        console.print(
+            f"stopped: {s.frames_sampled} frames, {s.frames_dropped} dropped, "
+            f"{s.segments} segments, {s.reconnects} reconnects"
+        )
+    _check_outcome(outcome, url, reconnect_timeout)
 
 
 def _video_memory(video: Path, settings: dict[str, Any]) -> Path:
@@ -148,73 +374,152 @@ def _video_memory(video: Path, settings: dict[str, Any]) -> Path:
     return cache_root() / "memories" / hashlib.sha1(ident.encode()).hexdigest()[:16]
 
 
+def _memory_for_video(video: Path, model: str | None, embedder: str | None, device: str | None) -> Wired:
+    """The cached memory of ``video`` (ingested on first use) and the loaded models.
+
+    A first ingest writes into ``<memory>.partial`` and renames it when complete, so a failed
+    run leaves no memory directory (and no cache directory it created) behind."""
+    from cli.settings import load_settings
+
+    base = {"model": model or DEFAULT_MODEL, "embedder": embedder or DEFAULT_EMBEDDER}
+    for name, option in ((base["model"], "--model"), (base["embedder"], "--embedder")):
+        if name.lower() != "none":
+            resolve_checkpoint(name, option)  # fails fast offline, before anything is written
+    mem_dir = _video_memory(video, base)
+    if _is_memory(mem_dir):
+        settings = load_settings(mem_dir, **base)
+        llm, emb = _load_models(settings, device)
+        return Wired(None, _open_memory(mem_dir), llm, emb)
+    partial = mem_dir.with_name(mem_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # left by a run that was killed
+    new = NewDirs(partial)
+    wired = None
+    try:
+        settings = load_settings(partial, **base)
+        wired = _wire_ingest(str(video), partial, settings, cap=None, device=device, stream="default", live=None)
+        outcome = _drive(wired.job)
+        wired.memory.close()
+        _check_outcome(outcome, str(video), None)
+        if outcome.reason == "interrupted":
+            raise CliError("interrupted before the video was ingested; nothing was kept", exit_code=130)
+        partial.rename(mem_dir)
+    except BaseException:
+        _close_quietly(wired)
+        new.discard()
+        raise
+    return Wired(None, _open_memory(mem_dir), wired.llm, wired.embedder)
+
+
+def _check_stream(mem: Any, stream: str | None) -> list[str] | None:
+    if stream is None:
+        return None
+    known = mem.streams()
+    if stream not in known:
+        if not known:
+            raise CliError(f"--stream {stream}: the memory holds no stream yet", exit_code=2)
+        raise CliError(f"--stream: {UnknownNameError('stream', stream, known)}", exit_code=2)
+    return [stream]
+
+
+def _time_range(
+    mem: Any, start: float | None, end: float | None, streams: list[str] | None
+) -> tuple[float, float] | None:
+    """--start/--end clamped to the memory's timeline [0, end of the last segment]."""
+    from streamvid.clock import format_clock
+
+    if start is None and end is None:
+        return None
+    last = mem.end_time(streams)
+    if last is None:
+        return None  # an empty memory: the answer says so
+    lo = start or 0.0
+    require(
+        lo < last,
+        f"--start {lo:g} is after the end of the recording ({last:g} s, {format_clock(last)})",
+        hint=f"choose a --start below {last:g}",
+    )
+    if end is None:
+        return lo, last
+    require(end > lo, f"--end {end:g} must come after --start {lo:g}")
+    return lo, min(end, last)
+
+
 def ask(
     target: Annotated[Path, typer.Argument(help="a memory directory, or a video file (ingested first, cached)")],
     question: Annotated[str, typer.Argument(help="the question")],
-    k: Annotated[int, typer.Option(help="segments to retrieve")] = 4,
-    start: Annotated[float | None, typer.Option(help="only after this time (s)")] = None,
-    end: Annotated[float | None, typer.Option(help="only before this time (s)")] = None,
+    k: Annotated[int, typer.Option(help="segments to retrieve (>= 1)", callback=CHECKS["positive_int"])] = 4,
+    start: Annotated[float | None, typer.Option(help="only after this time (s, >= 0)", callback=CHECKS["time"])] = None,
+    end: Annotated[
+        float | None, typer.Option(help="only before this time (s; clamped to the recording)", callback=CHECKS["time"])
+    ] = None,
     stream: Annotated[str | None, typer.Option(help="only this stream")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="answer length limit")] = 128,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="answer length limit (>= 1)", callback=CHECKS["positive_int"])
+    ] = 128,
     model: ModelOpt = None,
     embedder: EmbedderOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Answer a question about a memory or a video file."""
-    from cli.common import DEFAULT_EMBEDDER, DEFAULT_MODEL
+    from cli.settings import load_settings
 
-    try:
-        if not target.exists():
-            raise StreamvidError(f"{target} does not exist; pass a memory directory or a video file")
-        if target.is_dir():
-            if not (target / "manifest.sqlite").exists():
-                raise StreamvidError(f"{target} is not a streamvid memory; create one with 'streamvid ingest'")
-            settings = load_settings(target, model=model, embedder=embedder)
-            llm, emb, _, mem = _components(settings, target, None, device)
-        else:
-            base = {"model": model or DEFAULT_MODEL, "embedder": embedder or DEFAULT_EMBEDDER}
-            mem_dir = _video_memory(target, base)
-            settings = load_settings(mem_dir, **base)
-            if not (mem_dir / "manifest.sqlite").exists():
-                job, mem, llm, emb = _ingest(str(target), mem_dir, settings, None, device, "default", None)
-                job.run()
-            else:
-                llm, emb, _, mem = _components(settings, mem_dir, None, device)
-        from agents.qa import VideoQA
-
-        time_range = None if start is None and end is None else (start or 0.0, end if end is not None else 1e12)
-        qa = VideoQA(llm, mem, emb, k=k, max_new_tokens=max_new_tokens)
-        answer = qa.ask(question, time_range=time_range, streams=[stream] if stream else None)
-        mem.close()
-    except StreamvidError as err:
-        fail(err)
-    console.print(f"[bold]{answer.text}[/]")
+    require(bool(question.strip()), "the question is empty; ask something about the video")
+    if start is not None and end is not None:
+        require(start < end, f"--start {start:g} must come before --end {end:g}")
+    if not target.exists():
+        raise CliError(f"{target} does not exist; pass a memory directory or a video file")
+    if target.is_dir():
+        if not _is_memory(target):
+            raise CliError(f"{target} is not a streamvid memory; create one with 'streamvid ingest'")
+        mem = _open_memory(target)
+        try:
+            streams = _check_stream(mem, stream)
+            time_range = _time_range(mem, start, end, streams)
+            llm, emb = _load_models(load_settings(target, model=model, embedder=embedder), device)
+            answer = _answer(llm, mem, emb, question, k, max_new_tokens, time_range, streams)
+        finally:
+            mem.close()
+    else:
+        wired = _memory_for_video(target, model, embedder, device)
+        try:
+            streams = _check_stream(wired.memory, stream)
+            time_range = _time_range(wired.memory, start, end, streams)
+            answer = _answer(wired.llm, wired.memory, wired.embedder, question, k, max_new_tokens, time_range, streams)
+        finally:
+            wired.memory.close()
+    console.print(f"[bold]{escape(answer.text)}[/]", soft_wrap=True)
     if answer.segments:
         used = ", ".join(
             f"{u.stream} {u.start:.1f}-{u.end:.1f}s" + (f" ({u.score:.2f})" if u.score is not None else "")
             for u in answer.segments
         )
-        console.print(f"segments used: {used}")
+        console.print(f"segments used: {used}", soft_wrap=True)
     t = answer.timings
     console.print(
         f"timings: retrieve {t['retrieve'] * 1e3:.0f} ms, assemble {t['assemble'] * 1e3:.0f} ms, "
-        f"prefill {t['prefill'] * 1e3:.0f} ms ({answer.prompt_tokens} tokens), decode {t['decode'] * 1e3:.0f} ms"
+        f"prefill {t['prefill'] * 1e3:.0f} ms ({answer.prompt_tokens} tokens), decode {t['decode'] * 1e3:.0f} ms",
+        soft_wrap=True,
     )
+
+
+def _answer(llm, mem, emb, question, k, max_new_tokens, time_range, streams) -> Any:
+    from agents.qa import VideoQA
+
+    qa = VideoQA(llm, mem, emb, k=k, max_new_tokens=max_new_tokens)
+    return qa.ask(question, time_range=time_range, streams=streams)
 
 
 def inspect(
     memory: Annotated[Path, typer.Argument(help="memory directory")],
     plot: Annotated[Path | None, typer.Option(help="PNG path (default: DIR/budgets.png)")] = None,
-    limit: Annotated[int, typer.Option(help="rows shown")] = 50,
+    limit: Annotated[int, typer.Option(help="rows shown (>= 1)", callback=CHECKS["positive_int"])] = 50,
 ) -> None:
     """Table of segments and budgets, and a PNG plot of budget per segment over time with the cap."""
+    if not _is_memory(memory):
+        raise CliError(f"{memory} is not a streamvid memory; create one with 'streamvid ingest'")
     from rich.table import Table
 
-    from memory import TokenMemory
-
-    if not (memory / "manifest.sqlite").exists():
-        fail(StreamvidError(f"{memory} is not a streamvid memory; create one with 'streamvid ingest'"))
-    with TokenMemory(memory) as mem:
+    with _open_memory(memory) as mem:
         stats = mem.stats()
         segments = mem.timeline()
     table = Table(
@@ -239,8 +544,8 @@ def inspect(
     try:
         _plot_budgets(segments, stats.token_cap, path)
     except ImportError:
-        fail(StreamvidError("the plot needs matplotlib: pip install 'streamvid[bench]'"))
-    console.print(f"wrote {path}")
+        raise CliError("the plot needs matplotlib", hint="pip install 'streamvid[bench]'") from None
+    console.print(f"wrote {path}", soft_wrap=True)
 
 
 def _plot_budgets(segments: list[Any], cap: int | None, path: Path) -> None:
@@ -288,27 +593,36 @@ def sample_video(
     path: Annotated[Path, typer.Argument(help="where to write the video (.mp4)")] = Path("sample.mp4"),
 ) -> None:
     """Write a 24 s sample video (four scenes of a coloured square moving) to try streamvid on."""
+    require(not path.is_dir(), f"{path} is a directory; pass a file name such as {path / 'sample.mp4'}")
     from streamvid.sample import write_sample_video
 
-    scenes = write_sample_video(path)
-    console.print(f"wrote {path}:")
+    new = NewDirs(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # same extension: same container
+    try:
+        scenes = write_sample_video(partial)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        new.discard()
+        raise
+    console.print(f"wrote {path}:", soft_wrap=True)
     for start, end, caption in scenes:
         console.print(f"  {start:4.1f}-{end:4.1f} s  {caption}")
 
 
 def demo(
     video: Annotated[Path | None, typer.Argument(help="a video file; default: a synthetic clip")] = None,
-    ratio: Annotated[float, typer.Option(help="fraction of tokens to keep, in (0, 1]")] = 0.15,
+    ratio: Annotated[
+        float, typer.Option(help="fraction of tokens to keep, in (0, 1]", callback=CHECKS["ratio"])
+    ] = 0.15,
 ) -> None:
     """Compress a 32-frame clip with every compressor and compare fidelity side by side."""
     from rich.table import Table
 
     from bench.demo import run_demo
 
-    try:
-        grid, rows = run_demo(ratio=ratio, video=video)
-    except StreamvidError as err:
-        fail(err)
+    grid, rows = run_demo(ratio=ratio, video=video)
     t, h, w, d = grid.tokens.shape
     table = Table(title=f"{t} frames x {h}x{w} tokens (D={d}) at {ratio:.0%} retention")
     for col in ("method", "tokens", "segments", "ms", "fidelity", "fidelity (size bias)"):

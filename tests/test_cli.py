@@ -115,6 +115,7 @@ def test_bad_paths_and_urls_give_one_line_errors(setup, tmp_path, monkeypatch):
         errors = [line for line in result.output.splitlines() if "error:" in line]
         assert len(errors) == 1 and errors[0].split("error:")[1].strip(), result.output
         assert "Traceback" not in result.output
+        assert result.stderr.lstrip().startswith(("error:", "warning:")) and "error:" not in result.stdout
 
 
 def test_watch_a_live_stream_for_a_while(setup, tmp_path):
