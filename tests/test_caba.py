@@ -110,3 +110,17 @@ def test_allocation_errors_say_what_to_do():
         allocate_budgets([1.0, 1.0, 1.0], 2)
     with pytest.raises(BudgetError, match="exceeds"):
         allocate_budgets([1.0, 1.0], 30, capacity=[10, 10])
+
+
+def test_richness_survives_an_eigen_solver_that_fails_in_fp32(monkeypatch):
+    x = torch.randn(6, 4)
+    expected = spectral_richness(x)
+    real = torch.linalg.eigvalsh
+
+    def fails_in_fp32(a):
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge")
+        return real(a)
+
+    monkeypatch.setattr(torch.linalg, "eigvalsh", fails_in_fp32)
+    assert spectral_richness(x) == pytest.approx(expected, abs=1e-6)

@@ -48,7 +48,11 @@ def spectral_richness(x: torch.Tensor) -> float:
         return 0.0
     x = x.float()
     gram = x @ x.T if m <= d else x.T @ x  # (R, R)
-    eig = torch.linalg.eigvalsh(gram).double().clamp_min(0.0)  # fp32 eigen, fp64 entropy
+    try:
+        eig = torch.linalg.eigvalsh(gram).double()  # fp32 eigen, fp64 entropy
+    except torch.linalg.LinAlgError:  # LAPACK can fail to converge on a near-degenerate fp32 Gram
+        eig = torch.linalg.eigvalsh(gram.double())
+    eig = eig.clamp_min(0.0)
     total = eig.sum()
     if total <= 0:
         return 0.0
