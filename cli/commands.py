@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import signal
 import threading
 import time
@@ -32,6 +31,7 @@ from cli.common import (
     DeviceOpt,
     EmbedderOpt,
     FpsOpt,
+    FromStartOpt,
     IngestProgress,
     MaxReconnectsOpt,
     MemoryOpt,
@@ -40,6 +40,7 @@ from cli.common import (
     RatioOpt,
     ReconnectTimeoutOpt,
     StreamOpt,
+    StrictOpt,
     console,
     err_console,
     quiet_libraries,
@@ -74,11 +75,24 @@ def _load_models(settings: dict[str, Any], device: str | None) -> tuple[Any, Any
 
 
 def _open_memory(memory_dir: Path, cap_tokens: int | None = None) -> Any:
-    """The memory at ``memory_dir``; a new one gets ``cap_tokens`` or the default cap."""
+    """The memory at ``memory_dir`` opened as its one writer (MemoryLockedError at once while
+    another process writes); a new one gets ``cap_tokens`` or the default cap."""
     from memory import TokenMemory
 
     cap = cap_tokens if cap_tokens is not None else (None if _is_memory(memory_dir) else DEFAULT_CAP)
     return TokenMemory(memory_dir, **({"cap_tokens": cap} if cap is not None else {}))
+
+
+def _open_reader(memory_dir: Path) -> Any:
+    """The memory at ``memory_dir`` for reading: no lock, nothing written (ask, inspect)."""
+    from memory import TokenMemory
+
+    return TokenMemory(memory_dir, read_only=True)
+
+
+def _check_widths(mem: Any, settings: dict[str, Any], llm: Any, emb: Any) -> None:
+    """A model or embedder whose width does not fit the memory: one line naming the setting."""
+    mem.check_widths(token_dim=llm.hidden_size, key_dim=emb.dim, model=settings["model"], embedder=settings["embedder"])
 
 
 @dataclass
@@ -93,25 +107,29 @@ class Wired:
 
 def _wire_ingest(
     source: Any,
-    memory_dir: Path,
-    settings: dict[str, Any],
+    mem: Any,
+    given: dict[str, Any],
     *,
-    cap: int | None,
     device: str | None,
     stream: str,
     live: bool | None,
     max_reconnects: int = 5,
+    from_start: bool = False,
+    strict: bool = False,
 ) -> Wired:
-    """Open the source (a bad path fails here, before any model is loaded), load the models,
-    open the memory, and wire them with ``agents.build_ingest``."""
+    """Settle the settings of ``mem`` (the writer; validated, then saved), open the source (a bad
+    path fails here, before any model is loaded), load the models, check that their widths fit
+    the memory, and wire them with ``agents.build_ingest`` (resuming an interrupted file)."""
     from agents.ingest import build_ingest
+    from cli.settings import resolve_settings
     from streamvid.compress import create_compressor
     from streamvid.ingest import open_source
 
-    opened = open_source(source)
+    settings = resolve_settings(mem, **given).ingest()
+    opened = open_source(source, strict=strict)
     llm, emb = _load_models(settings, device)
+    _check_widths(mem, settings, llm, emb)
     compressor = create_compressor(settings["compressor"], ratio=settings["ratio"])
-    mem = _open_memory(memory_dir, cap)
     job = build_ingest(
         opened,
         mem,
@@ -123,6 +141,8 @@ def _wire_ingest(
         live=live,
         max_reconnects=max_reconnects,
         progress=False,  # the CLI shows its own (IngestProgress)
+        resume=True,
+        from_start=from_start,
     )
     return Wired(job, mem, llm, emb)
 
@@ -132,7 +152,7 @@ class Outcome:
     """How a driven ingest ended: its stats and why it stopped."""
 
     stats: Any
-    reason: str  # "ended", "error", "interrupted", "duration", "stalled"
+    reason: str  # "ended", "error", "interrupted", "duration", "stalled", "complete" (nothing to do)
     error: BaseException | None = None
 
 
@@ -197,6 +217,8 @@ def _drive(
 
 def _check_outcome(outcome: Outcome, source: str, reconnect_timeout: float | None) -> None:
     """Raise for an ingest that ended in an error, stalled, or never delivered a frame."""
+    if outcome.reason == "complete":
+        return
     stats = outcome.stats
     last = f"; last error: {stats.errors[-1]}" if stats.errors else ""
     if outcome.error is not None:
@@ -229,38 +251,56 @@ def _ingest_into(
     reconnect_timeout: float | None,
     duration: float | None = None,
     name: str = "ingest",
-) -> tuple[Outcome, Any]:
+    from_start: bool = False,
+    strict: bool = False,
+) -> tuple[Outcome, Any, Wired]:
     """Ingest ``source`` into the memory directory ``memory`` with the settings ``given`` (None: the
-    memory's); returns how it ended and the memory's stats. A directory this run created is removed
-    again when nothing was stored in it."""
-    from cli.settings import load_settings
-
+    memory's); returns how it ended, the memory's stats and what was wired (its memory closed).
+    A file ingested before resumes after its last stored segment (or is left alone when it
+    completed). A directory this run created is removed again when nothing was stored in it."""
     _check_compressor(given.get("compressor"))
     new = NewDirs(memory)
-    wired = None
+    mem = wired = None
     try:
-        settings = load_settings(memory, **given)
+        mem = _open_memory(memory, cap)  # the writer lock first: a second writer fails before any model loads
+        if not from_start and _already_complete(mem, source, stream):
+            err_console.print(
+                f"{source} is already ingested into stream {stream!r}; pass --from-start to ingest it again",
+                soft_wrap=True,
+            )
+            from streamvid.ingest import IngestStats
+
+            held = mem.stats()
+            mem.close()
+            return Outcome(IngestStats(), "complete"), held, None
         wired = _wire_ingest(
             source,
-            memory,
-            settings,
-            cap=cap,
+            mem,
+            given,
             device=device,
             stream=stream,
             live=live,
             max_reconnects=max_reconnects,
+            from_start=from_start,
+            strict=strict,
         )
-        outcome = _drive(wired.job, duration=duration, reconnect_timeout=reconnect_timeout, name=name)
-        held = wired.memory.stats()
-        wired.memory.close()
+        job = wired.job
+        if job.resume_from is not None:
+            err_console.print(
+                f"resuming {source} after {job.resume_from:g} s (stored by an earlier run)", soft_wrap=True
+            )
+        outcome = _drive(job, duration=duration, reconnect_timeout=reconnect_timeout, name=name)
+        held = mem.stats()
+        mem.close()
     except BaseException:
-        _close_quietly(wired)
-        if wired is None or wired.job.stats.segments == 0:
+        stored = _stored_any(mem)
+        _close_quietly(wired, mem)
+        if not stored:
             new.discard()  # a failed first run leaves no memory directory behind
         raise
-    if outcome.stats.segments == 0:
+    if outcome.stats.segments == 0 and not held.segments_live and not held.segments_evicted:
         new.discard()
-    return outcome, held
+    return outcome, held, wired
 
 
 def _check_compressor(name: str | None) -> None:
@@ -274,12 +314,27 @@ def _check_compressor(name: str | None) -> None:
         raise CliError(f"--compressor: {UnknownNameError('compressor', name, known)}", exit_code=2)
 
 
-def _close_quietly(wired: Wired | None) -> None:
-    if wired is None:
-        return
+def _already_complete(mem: Any, source: str, stream: str) -> bool:
+    """Whether the file ``source`` was ingested to its end into ``stream`` (checked before any model loads)."""
+    from agents.ingest import ingest_complete
+
+    return ingest_complete(mem, source, stream)
+
+
+def _stored_any(mem: Any) -> bool:
+    """Whether an open memory holds any segment (a failed run keeps it for resume)."""
     try:
-        wired.job.stop()
-        wired.memory.close()
+        return mem is not None and sum(mem.segment_counts()) > 0
+    except Exception:  # noqa: BLE001 - already failing; keep the directory rather than guess
+        return True
+
+
+def _close_quietly(wired: Wired | None, mem: Any = None) -> None:
+    try:
+        if wired is not None:
+            wired.job.stop()
+        if mem is not None:
+            mem.close()
     except Exception:  # noqa: BLE001 - already failing; the first error is the one reported
         pass
 
@@ -296,10 +351,13 @@ def ingest(
     stream: StreamOpt = "default",
     max_reconnects: MaxReconnectsOpt = 5,
     reconnect_timeout: ReconnectTimeoutOpt = None,
+    from_start: FromStartOpt = False,
+    strict: StrictOpt = False,
     device: DeviceOpt = None,
 ) -> None:
-    """Ingest a file (or a stream until it ends) into a memory."""
-    outcome, held = _ingest_into(
+    """Ingest a file (or a stream until it ends) into a memory. A file ingested before resumes
+    where it stopped; holes in the video are reported (--strict: they fail the ingest)."""
+    outcome, held, _ = _ingest_into(
         memory,
         source,
         {"model": model, "embedder": embedder, "compressor": compressor, "ratio": ratio, "fps": fps},
@@ -309,6 +367,8 @@ def ingest(
         live=None,
         max_reconnects=max_reconnects,
         reconnect_timeout=reconnect_timeout,
+        from_start=from_start,
+        strict=strict,
     )
     s = outcome.stats
     if s.segments:
@@ -343,7 +403,7 @@ def watch(
 ) -> None:
     """Ingest a live source until Ctrl-C or --duration (frames are dropped, never the source blocked).
     Exits 1 when the source never delivered a frame or ended in an error."""
-    outcome, _ = _ingest_into(
+    outcome, _, _ = _ingest_into(
         memory,
         url,
         {"model": model, "embedder": embedder, "compressor": compressor, "ratio": ratio, "fps": fps},
@@ -375,39 +435,52 @@ def _video_memory(video: Path, settings: dict[str, Any]) -> Path:
 
 
 def _memory_for_video(video: Path, model: str | None, embedder: str | None, device: str | None) -> Wired:
-    """The cached memory of ``video`` (ingested on first use) and the loaded models.
+    """The cached memory of ``video`` (opened for reading) and the loaded models.
 
-    A first ingest writes into ``<memory>.partial`` and renames it when complete, so a failed
-    run leaves no memory directory (and no cache directory it created) behind."""
-    from cli.settings import load_settings
+    The cache is used only when its ingest completed; otherwise the video is ingested first,
+    or, after a run that was killed or failed, the ingest resumes after its last stored
+    segment (saying so). A first run that stores nothing leaves no directory behind."""
+    from agents.ingest import ingest_complete
+    from cli.settings import resolve_settings
 
     base = {"model": model or DEFAULT_MODEL, "embedder": embedder or DEFAULT_EMBEDDER}
     for name, option in ((base["model"], "--model"), (base["embedder"], "--embedder")):
         if name.lower() != "none":
             resolve_checkpoint(name, option)  # fails fast offline, before anything is written
     mem_dir = _video_memory(video, base)
+    complete = False
     if _is_memory(mem_dir):
-        settings = load_settings(mem_dir, **base)
-        llm, emb = _load_models(settings, device)
-        return Wired(None, _open_memory(mem_dir), llm, emb)
-    partial = mem_dir.with_name(mem_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by a run that was killed
-    new = NewDirs(partial)
+        with _open_reader(mem_dir) as cached:
+            complete = ingest_complete(cached, video)
     wired = None
-    try:
-        settings = load_settings(partial, **base)
-        wired = _wire_ingest(str(video), partial, settings, cap=None, device=device, stream="default", live=None)
-        outcome = _drive(wired.job)
-        wired.memory.close()
+    if not complete:
+        outcome, _, wired = _ingest_into(
+            mem_dir,
+            str(video),
+            base,
+            cap=None,
+            device=device,
+            stream="default",
+            live=None,
+            max_reconnects=5,
+            reconnect_timeout=None,
+        )
         _check_outcome(outcome, str(video), None)
         if outcome.reason == "interrupted":
-            raise CliError("interrupted before the video was ingested; nothing was kept", exit_code=130)
-        partial.rename(mem_dir)
+            raise CliError(
+                "interrupted before the video was ingested; run the same command again to resume", exit_code=130
+            )
+    mem = _open_reader(mem_dir)
+    if wired is not None:
+        return Wired(None, mem, wired.llm, wired.embedder)
+    try:
+        settings = resolve_settings(mem, **base).ingest()
+        llm, emb = _load_models(settings, device)
+        _check_widths(mem, settings, llm, emb)
     except BaseException:
-        _close_quietly(wired)
-        new.discard()
+        mem.close()
         raise
-    return Wired(None, _open_memory(mem_dir), wired.llm, wired.embedder)
+    return Wired(None, mem, llm, emb)
 
 
 def _check_stream(mem: Any, stream: str | None) -> list[str] | None:
@@ -461,7 +534,7 @@ def ask(
     device: DeviceOpt = None,
 ) -> None:
     """Answer a question about a memory or a video file."""
-    from cli.settings import load_settings
+    from cli.settings import resolve_settings
 
     require(bool(question.strip()), "the question is empty; ask something about the video")
     if start is not None and end is not None:
@@ -471,11 +544,13 @@ def ask(
     if target.is_dir():
         if not _is_memory(target):
             raise CliError(f"{target} is not a streamvid memory; create one with 'streamvid ingest'")
-        mem = _open_memory(target)
+        mem = _open_reader(target)
         try:
             streams = _check_stream(mem, stream)
             time_range = _time_range(mem, start, end, streams)
-            llm, emb = _load_models(load_settings(target, model=model, embedder=embedder), device)
+            settings = resolve_settings(mem, model=model, embedder=embedder).ingest()
+            llm, emb = _load_models(settings, device)
+            _check_widths(mem, settings, llm, emb)
             answer = _answer(llm, mem, emb, question, k, max_new_tokens, time_range, streams)
         finally:
             mem.close()
@@ -519,7 +594,7 @@ def inspect(
         raise CliError(f"{memory} is not a streamvid memory; create one with 'streamvid ingest'")
     from rich.table import Table
 
-    with _open_memory(memory) as mem:
+    with _open_reader(memory) as mem:
         stats = mem.stats()
         segments = mem.timeline()
     table = Table(

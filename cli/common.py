@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import typer
 from rich.console import Console
 
+from streamvid.clock import format_clock
 from streamvid.errors import StreamvidError
 
 __all__ = [
@@ -260,6 +261,15 @@ ReconnectTimeoutOpt = Annotated[
     typer.Option(help="give up on a live source that sends no frame for this many seconds", callback=_positive_float),
 ]
 StreamOpt = Annotated[str, typer.Option(help="stream id for these segments", callback=_not_blank)]
+FromStartOpt = Annotated[
+    bool,
+    typer.Option(
+        "--from-start", help="ingest the file again from 0 s, replacing its stream (default: resume where it stopped)"
+    ),
+]
+StrictOpt = Annotated[
+    bool, typer.Option("--strict", help="fail at the first hole in the video (corrupt data, a gap, an early end)")
+]
 
 CHECKS = {  # for commands that build their own options
     "positive_float": _positive_float,
@@ -434,11 +444,6 @@ class NewDirs:
 # -- progress --------------------------------------------------------------------------------
 
 
-def _clock(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
 class IngestProgress:
     """An ingest's progress on stderr, from its stats (polled, so any thread may run the ingest).
 
@@ -483,10 +488,10 @@ class IngestProgress:
         """The plain progress line: 'NAME: 40% (12.0 of 30.0 s), ..., about 0:14 left'."""
         wall = time.monotonic() - self.start
         if self.total is None:
-            return f"{self.name}: {self.detail(stats)}, {_clock(wall)} elapsed"
+            return f"{self.name}: {self.detail(stats)}, {format_clock(wall)} elapsed"
         done = min(stats.media_seconds / self.total, 1.0)
         left = wall * (1 - done) / done if done > 0 else None
-        eta = f", about {_clock(left)} left" if left is not None else ""
+        eta = f", about {format_clock(left)} left" if left is not None else ""
         return f"{self.name}: {done:.0%} ({stats.media_seconds:.1f} of {self.total:.1f} s), {self.detail(stats)}{eta}"
 
     def set_total(self, total: float | None) -> None:

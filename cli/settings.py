@@ -12,8 +12,6 @@ The store is the memory's own (:class:`memory.MemorySettings`, one row of its ma
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cli.common import DEFAULT_EMBEDDER, DEFAULT_MODEL
@@ -21,7 +19,7 @@ from cli.common import DEFAULT_EMBEDDER, DEFAULT_MODEL
 if TYPE_CHECKING:  # the memory (and torch) load inside the commands, not at import
     from memory import MemorySettings, TokenMemory
 
-__all__ = ["DEFAULTS", "load_settings", "resolve_settings"]
+__all__ = ["DEFAULTS", "resolve_settings"]
 
 # what a memory uses for a setting it has never been given
 DEFAULTS: dict[str, Any] = {
@@ -54,38 +52,3 @@ def resolve_settings(mem: TokenMemory, **given: Any) -> MemorySettings:
     if mem.read_only:
         return mem.check_settings(**wanted)
     return mem.update_settings(**wanted)
-
-
-def load_settings(memory: Path, **given: Any) -> dict[str, Any]:
-    """Transitional, for callers that load settings before opening the memory: the ingest
-    settings of the memory at ``memory`` as a dict, validated first. An existing memory's
-    settings are saved, only when they changed, as its writer: the writer lock is taken
-    briefly (MemoryLockedError while another process writes; when this process already
-    holds it, the settings are used unsaved). A new memory's are kept in this process and
-    saved by the TokenMemory writer that creates it (nothing is created here). Prefer
-    :func:`resolve_settings` on an open TokenMemory."""
-    from memory import MemoryLockedError, TokenMemory, write_settings
-    from memory.manifest import Manifest
-    from memory.settings import merge_settings, stage_settings, stored_settings
-
-    _check_compressor(given.get("compressor"))
-    if not TokenMemory.exists(memory):
-        wanted = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-        return stage_settings(memory, **wanted).ingest()
-    manifest = Manifest(memory, read_only=True)
-    try:
-        stored, needs = stored_settings(manifest, memory)
-    finally:
-        manifest.close()
-    current = stored.ingest()
-    fill = {k: v for k, v in DEFAULTS.items() if current.get(k) is None}
-    wanted = {**fill, **{k: v for k, v in given.items() if v is not None}}
-    if needs or any(current.get(k) != v for k, v in wanted.items()):
-        try:
-            return write_settings(memory, **wanted).ingest()
-        except MemoryLockedError as err:
-            if err.pid != os.getpid():
-                raise
-            # this process already has the memory open (as a reader would, for ask): use, don't save
-            return merge_settings(stored, memory, **wanted).ingest()
-    return current

@@ -18,7 +18,6 @@ from memory.errors import (
 from memory.lock import lock_holder
 from memory.manifest import SegmentInfo, SourceProgress
 from memory.rebalance import RebalancePlan, plan_rebalance, recency_factors
-from memory.settings import write_settings
 from memory.token_memory import Hit, MemoryStats, RebalanceReport, TokenMemory
 
 __all__ = [
@@ -42,5 +41,4 @@ __all__ = [
     "lock_holder",
     "plan_rebalance",
     "recency_factors",
-    "write_settings",
 ]

@@ -23,7 +23,6 @@ from pydantic import ValidationError
 
 from memory.config import INGEST_FIELDS, MemoryConfig, MemorySettings
 from memory.errors import SettingsConflictError
-from memory.lock import WriterLock
 from memory.manifest import SCHEMA_VERSION, Manifest
 from streamvid.errors import ConfigError
 
@@ -31,34 +30,13 @@ __all__ = [
     "LEGACY_SETTINGS_FILE",
     "check_widths",
     "merge_settings",
-    "stage_settings",
     "stored_settings",
-    "write_settings",
 ]
 
 log = logging.getLogger(__name__)
 
 LEGACY_SETTINGS_FILE = "streamvid.json"
 _LEGACY_META = ("config", "dim", "key_dim")
-
-# settings validated for a memory that does not exist yet, saved by the writer that creates it
-# (this process only; see stage_settings)
-_STAGED: dict[Path, dict[str, Any]] = {}
-
-
-def stage_settings(root: str | Path, **given: Any) -> MemorySettings:
-    """Validate ``given`` for the not-yet-created memory at ``root`` and keep them in this
-    process until a writer creates it (TokenMemory saves them with its first settings row).
-    Nothing is written to disk. For callers that know the settings before the cap."""
-    root = Path(root)
-    settings = merge_settings(MemorySettings(), root, **given)
-    _STAGED[root.resolve()] = {k: v for k, v in settings.ingest().items() if v is not None}
-    return settings
-
-
-def take_staged(root: Path) -> dict[str, Any]:
-    return _STAGED.pop(root.resolve(), {})
-
 
 def stored_settings(manifest: Manifest, root: Path) -> tuple[MemorySettings, bool]:
     """(the memory's settings, whether they still sit in the old places and need migrating)."""
@@ -149,26 +127,6 @@ def drop_legacy_file(root: Path) -> None:
     if path.exists():
         path.unlink()
         log.info("%s: settings moved from %s into the manifest", root, LEGACY_SETTINGS_FILE)
-
-
-def write_settings(root: str | Path, **given: Any) -> MemorySettings:
-    """Validate and save settings of the memory at ``root`` as its writer, without opening a
-    TokenMemory (creates the manifest of a new memory; no cap needed yet). Fails at once
-    with MemoryLockedError while another writer holds the memory. Returns what is stored."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with WriterLock(root):
-        manifest = Manifest(root)
-        try:
-            current, needs = stored_settings(manifest, root)
-            merged = merge_settings(current, root, **given)
-            if merged != current or needs:
-                with manifest.transaction() as conn:
-                    save_settings(manifest, conn, merged)
-                drop_legacy_file(root)
-            return merged
-        finally:
-            manifest.close()
 
 
 def _first(err: ValidationError) -> str:

@@ -51,7 +51,6 @@ from memory.settings import (
     merge_settings,
     save_settings,
     stored_settings,
-    take_staged,
 )
 from memory.shards import ShardStore, _sizes
 from streamvid.compress.remerge import remerge
@@ -306,10 +305,6 @@ class TokenMemory:
             except ValueError as err:
                 raise ConfigError(f"bad memory options: {err}") from None
         settings = stored.model_copy(update={"store": config})
-        if not self.read_only:
-            staged = take_staged(self.root)
-            if staged:
-                settings = merge_settings(settings, self.root, **staged)
         if not self.read_only and (settings != stored or needs_migration):
             with self.manifest.transaction() as conn:
                 save_settings(self.manifest, conn, settings)

@@ -403,24 +403,25 @@ def test_a_model_or_embedder_of_another_width_is_a_one_line_typed_error(tmp_path
         assert mem.segment_counts() == (1, 0)
 
 
-def test_cli_load_settings_validates_first_and_writes_only_as_the_writer(tmp_path):
-    from cli.settings import DEFAULTS, load_settings
+def test_cli_settings_are_validated_first_and_saved_only_by_the_writer(tmp_path):
+    from cli.settings import DEFAULTS, resolve_settings
     from memory import MemoryLockedError
 
     new = tmp_path / "new"
-    assert load_settings(new, model="m", ratio=0.5) == {**DEFAULTS, "model": "m", "ratio": 0.5}
-    assert not new.exists()  # nothing is created before the writer opens the memory
-    with pytest.raises(ConfigError):
-        load_settings(tmp_path / "bad", ratio=-1)
-    with TokenMemory(new, cap_tokens=10) as mem:  # the writer that creates it saves them
-        assert mem.settings.model == "m" and mem.settings.ratio == 0.5
+    with TokenMemory(new, cap_tokens=10) as mem:
+        with pytest.raises(ConfigError):  # rejected before anything is saved
+            resolve_settings(mem, ratio=-1)
+        assert mem.settings.ratio is None
+        assert resolve_settings(mem, model="m", ratio=0.5).ingest() == {**DEFAULTS, "model": "m", "ratio": 0.5}
     before = meta(new)
-    assert load_settings(new) == {**DEFAULTS, "model": "m", "ratio": 0.5} and meta(new) == before
-    assert load_settings(new, fps=3.0)["fps"] == 3.0
-    with TokenMemory(new, read_only=True) as reader:
-        assert reader.settings.fps == 3.0
-    with TokenMemory(new):  # this process holds the memory: the settings are used, not saved
-        assert load_settings(new, fps=4.0)["fps"] == 4.0
+    with TokenMemory(new, read_only=True) as reader:  # a reader validates but never saves
+        assert resolve_settings(reader, fps=3.0).fps == 3.0
+        with pytest.raises(ConfigError):
+            resolve_settings(reader, fps=0)
+    assert meta(new) == before
+    with TokenMemory(new) as mem:
+        assert mem.settings.model == "m" and mem.settings.fps == DEFAULTS["fps"]
+        assert resolve_settings(mem, fps=3.0).fps == 3.0
     with TokenMemory(new, read_only=True) as reader:
         assert reader.settings.fps == 3.0
     script = "import sys; from memory import TokenMemory; m = TokenMemory(sys.argv[1]); print(1, flush=True); input()"
@@ -430,7 +431,9 @@ def test_cli_load_settings_validates_first_and_writes_only_as_the_writer(tmp_pat
     try:
         assert other.stdout.readline().strip() == "1"
         with pytest.raises(MemoryLockedError, match=f"pid {other.pid}"):  # another process writes: fail at once
-            load_settings(new, fps=4.0)
+            TokenMemory(new)
+        with TokenMemory(new, read_only=True) as reader:  # readers stay concurrent
+            assert reader.settings.model == "m"
     finally:
         other.kill()
         other.wait(timeout=30)
