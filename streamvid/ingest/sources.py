@@ -473,7 +473,11 @@ class _Reader:
         self.report.holes.append(hole)
         src = self.source
         if not src.strict:
-            log.warning("%s: %s; ingest goes on (strict mode, --strict on the command line, makes this an error)", src.target, hole.describe())
+            log.warning(
+                "%s: %s; ingest goes on (strict mode, --strict on the command line, makes this an error)",
+                src.target,
+                hole.describe(),
+            )
             return
         where = f"{src.target}: {hole.describe()}; the frames before it were delivered"
         if hole.reason == "truncated":
