@@ -98,9 +98,10 @@ class HFEmbedder:
         try:
             model = AutoModel.from_pretrained(name_or_path, dtype=dt).to(dev)
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: a config transformers does not recognise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ConfigError(
-                f"cannot load the embedder {name_or_path!r} ({err}); pass a local CLIP/SigLIP directory, "
+                f"cannot load the embedder {name_or_path!r} ({first}); pass a local CLIP/SigLIP directory, "
                 "a reachable hub name, or embedder='none' for recency-only retrieval"
             ) from None
         if model.config.model_type not in ("siglip", "clip", "siglip2"):

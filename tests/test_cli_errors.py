@@ -306,7 +306,7 @@ def test_failed_ask_on_a_video_leaves_no_partial_memory(models, tmp_path):
     result = run(*args, env=env)
     assert result.exit_code == 1
     (error, *_) = error_lines(result)
-    assert "nosuch" in error
+    assert "nosuch" in error and error.startswith("error: cannot load the embedder")  # typed, not a ValueError
     assert not cache.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
