@@ -7,7 +7,9 @@ TensorFlow "SAME" padding (asymmetric at stride 2); batch norm eps 1e-3; inputs 
 ``(rgb / 255 - 0.5) / 0.5`` at 224 x 224.
 
 ``features(x)`` returns the 14 x 14 x 112 grid (end of stage 5, stride 16, like
-LLaVA-OneVision's 14 x 14) and the 7 x 7 x 1280 head grid.
+LLaVA-OneVision's 14 x 14) and the 7 x 7 x 1280 head grid; ``taps(x)`` also gives
+the stage-3 grid (stride 8). At 448 px the head grid is 14 x 14 x 1280, which the
+class-query readout uses with the classifier rows ``_fc`` as its questions.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ BLOCKS: list[tuple[int, int, int, int, int]] = [
     (5, 1, 6, 192, 192),
     (3, 1, 6, 192, 320),
 ]
+STAGE3_END = 4  # the last block of stage 3: 28 x 28 x 40 at 224 px
 STAGE5_END = 10  # the last block of stage 5: 14 x 14 x 112 at 224 px
 BN_EPS = 1e-3
 
@@ -91,16 +94,24 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
         self._fc = nn.Linear(1280, num_classes)
 
-    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: [B, 3, 224, 224] normalised -> (stage 5 [B, 14, 14, 112], head [B, 7, 7, 1280])."""
+    def taps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: [B, 3, S, S] normalised -> channels-last grids {"stage3": [B, S/8, S/8, 40],
+        "stage5": [B, S/16, S/16, 112], "head": [B, S/32, S/32, 1280]}."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        stage5 = x
+        out = {}
         for i, block in enumerate(self._blocks):
             x = block(x)
+            if i == STAGE3_END:
+                out["stage3"] = x
             if i == STAGE5_END:
-                stage5 = x
-        head = F.relu6(self._bn1(self._conv_head(x)))
-        return stage5.permute(0, 2, 3, 1), head.permute(0, 2, 3, 1)  # channels last
+                out["stage5"] = x
+        out["head"] = F.relu6(self._bn1(self._conv_head(x)))
+        return {k: v.permute(0, 2, 3, 1) for k, v in out.items()}  # (B, h, w, C) channels last
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, 3, 224, 224] normalised -> (stage 5 [B, 14, 14, 112], head [B, 7, 7, 1280])."""
+        grids = self.taps(x)
+        return grids["stage5"], grids["head"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, 3, 224, 224] -> ImageNet logits [B, 1000]."""

@@ -38,6 +38,8 @@ class Part:
 PARTS: dict[str, str] = {
     "fidelity": "bench.fidelity",
     "needles": "bench.needles",
+    "readout": "bench.readout",
+    "planted": "bench.needle_frame",
     "compression": "bench.compression_speed",
     "prefill": "bench.prefill_speed",
     "ingest": "bench.ingest_speed",

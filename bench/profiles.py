@@ -20,7 +20,14 @@ class Profile(BaseModel):
 
     name: str
     fidelity_frames: int = 32
-    fidelity_ratios: tuple[float, ...] = (0.15, 0.10, 0.05)
+    fidelity_ratios: tuple[float, ...] = (0.25, 0.15, 0.10, 0.05)
+    fidelity_seeds: int = 3  # seeded compressors (random) run with this many seeds: mean and range
+    readout_frames: int = 32
+    readout_ratios: tuple[float, ...] = (0.25, 0.15, 0.10, 0.05)
+    readout_seeds: int = 3
+    readout_control_seeds: int = 1  # saliency draws of the random-saliency controls
+    planted_ratios: tuple[float, ...] = (0.25, 0.15, 0.10, 0.05)
+    planted_seeds: int = 3
     needles_hours: float = 1.0
     compression_encoder_frames: int = 4
     compression_repeats: int = 3
@@ -37,6 +44,8 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile(name="quick"),
     "full": Profile(
         name="full",
+        readout_frames=64,
+        readout_control_seeds=3,
         needles_hours=2.0,
         compression_encoder_frames=32,
         prefill_dtypes=("float32", "bfloat16"),

@@ -5,7 +5,17 @@ import torch
 import torch.nn.functional as F
 
 from bench.efficientnet import BLOCKS, EfficientNetLite0, SameConv2d
-from bench.metrics import attention_fidelity, coverage
+from bench.metrics import (
+    attention_fidelity,
+    coverage,
+    effective_keys,
+    inverse_temperature,
+    rms_normalise,
+    sample_queries,
+    segment_coverage,
+)
+from streamvid.compress import create_compressor
+from streamvid.types import TokenGrid
 
 
 def published_state_dict() -> dict[str, torch.Tensor]:
@@ -65,10 +75,85 @@ def test_fidelity_of_merged_exact_duplicates_is_one_with_size_bias():
     distinct = torch.randn(10, 16, generator=gen)
     counts = torch.tensor([1, 5, 2, 1, 1, 3, 1, 1, 4, 1])
     full = distinct.repeat_interleave(counts, dim=0)  # duplicates of each distinct token
-    with_bias = attention_fidelity(full, distinct, counts, sharpness=4.0, size_bias=True)
-    without = attention_fidelity(full, distinct, counts, sharpness=4.0, size_bias=False)
+    with_bias = attention_fidelity(full, distinct, counts, target_keys=5.0, size_bias=True)
+    without = attention_fidelity(full, distinct, counts, target_keys=5.0, size_bias=False)
     assert with_bias == pytest.approx(1.0, abs=1e-6)
     assert without < with_bias
+
+
+def _flat_grid(tokens: torch.Tensor, frames: int) -> TokenGrid:
+    m, d = tokens.shape
+    side = int(round((m // frames) ** 0.5))
+    return TokenGrid(tokens.reshape(frames, side, side, d), torch.arange(frames, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fidelity_queries_are_independent_of_random_keep(seed):
+    # distinct rows, so every query and every kept token can be traced to its index
+    full = torch.randn(8 * 36, 12, generator=torch.Generator().manual_seed(5))
+    queries = sample_queries(full, num=64)[:-1]  # drop the clip mean
+    q_index = set((torch.cdist(queries, full).argmin(dim=1)).tolist())
+    (seg,) = create_compressor("random", ratio=0.15, seed=seed).compress(_flat_grid(full, 8))
+    kept_index = set(torch.cdist(seg.tokens.float(), full).argmin(dim=1).tolist())
+    shared = len(q_index & kept_index) / len(q_index)
+    # independent draws share about the retention ratio; a shared generator would share all of them
+    assert shared < 0.35
+    assert not q_index <= kept_index
+
+
+def test_effective_keys_and_temperature_against_the_definition():
+    uniform = torch.zeros(3, 50)
+    assert effective_keys(uniform) == pytest.approx(50.0)
+    peaked = torch.full((2, 50), -1e4)
+    peaked[:, 7] = 0.0
+    assert effective_keys(peaked) == pytest.approx(1.0, abs=1e-6)
+    gen = torch.Generator().manual_seed(3)
+    q, k = rms_normalise(torch.randn(20, 16, generator=gen)), rms_normalise(torch.randn(300, 16, generator=gen))
+    for target in (5.0, 40.0, 250.0):
+        b = inverse_temperature(q, k, target)
+        # slow reference: exp(entropy) of each attention row, averaged
+        per_row = []
+        for row in q:
+            a = torch.softmax(b * (k @ row) / 16, dim=0).double()
+            per_row.append(float(torch.exp(-(a * a.log()).sum())))
+        assert sum(per_row) / len(per_row) == pytest.approx(target, rel=1e-3)
+    assert inverse_temperature(q, k, 1.0) == float("inf")
+
+
+def test_hard_max_fidelity_picks_the_most_similar_key():
+    gen = torch.Generator().manual_seed(4)
+    full = torch.randn(60, 8, generator=gen) * torch.rand(60, 1, generator=gen) * 10  # mixed norms
+    kept = full[::3]
+    queries = torch.randn(9, 8, generator=gen)
+    got = attention_fidelity(full, kept, queries=queries, target_keys=1.0)
+    # slow reference: each query takes its best key by RMS-normalised dot product
+    cos = []
+    for q in rms_normalise(queries):
+        best_full = full[int(torch.argmax(rms_normalise(full) @ q))]
+        best_kept = kept[int(torch.argmax(rms_normalise(kept) @ q))]
+        cos.append(float(F.cosine_similarity(best_full, best_kept, dim=0)))
+    assert got == pytest.approx(sum(cos) / len(cos), abs=1e-5)
+
+
+def test_coverage_is_scored_inside_each_segment():
+    gen = torch.Generator().manual_seed(6)
+    tokens = torch.randn(4, 2, 2, 8, generator=gen)
+    grid = TokenGrid(tokens, torch.arange(4, dtype=torch.float64))
+    segs = create_compressor("random", ratio=0.25).compress(grid, boundaries=[0, 2, 4])
+    cov = segment_coverage(tokens, segs)
+    # slow reference: every token against the kept tokens of its own segment only
+    sims = []
+    for s in segs:
+        kept = F.normalize(s.tokens.float(), dim=-1)
+        for t in range(s.frame_offset, s.frame_offset + s.frame_count):
+            for x in tokens[t].reshape(-1, 8):
+                sims.append(float((kept @ F.normalize(x, dim=0)).max()))
+    assert cov["nearest_mean"] == pytest.approx(sum(sims) / len(sims), abs=1e-5)
+    # pruning: the provenance owner is the nearest kept token, so both rules agree
+    assert cov["provenance_mean"] == pytest.approx(cov["nearest_mean"], abs=1e-6)
+    # a merge that puts a token under a worse representative scores lower by provenance
+    bad = [s.with_tokens(s.tokens, s.sizes, s.positions, s.times, owner=torch.zeros_like(s.owner)) for s in segs]
+    assert segment_coverage(tokens, bad)["provenance_mean"] < cov["nearest_mean"]
 
 
 def test_dropping_the_only_distinct_content_lowers_low_coverage():
