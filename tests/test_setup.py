@@ -55,9 +55,10 @@ def test_cli_demo_runs(tmp_path):
 
     from cli.main import app
 
-    result = CliRunner().invoke(app, ["demo", "--ratio", "0.1"])
+    result = CliRunner().invoke(app, ["demo", "--ratio", "0.1"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "infomerge" in result.output and "vidcom2" in result.output
+    assert "infomerge" in result.output and "vidcom2" in result.output and "aot" in result.output
+    assert "1.0 is lossless" in result.output  # the sentence that says what the numbers mean
 
 
 def test_cli_demo_bad_video_is_one_clear_error(tmp_path):
