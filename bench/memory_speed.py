@@ -23,10 +23,10 @@ import torch
 from bench.parts import Part
 from bench.report import table
 from memory import TokenMemory
+from memory.shards import _sizes
 from streamvid.types import CompressedSegment
 
 KEY_DIM = 768
-FACTORIES = ("IDMap2,Flat", "IDMap2,HNSW32,Flat")
 
 
 def synthetic_segment(
@@ -77,34 +77,60 @@ def _live_segments(path: Path) -> int:
         return mem.stats().segments_live
 
 
+def recall_at(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean share of the exact top-k ids found: found, exact (q, k) -> recall@k."""
+    return float(np.mean([len(set(f) & set(e)) / len(e) for f, e in zip(found.tolist(), exact.tolist())]))
+
+
+def _latency(mem: TokenMemory, q: np.ndarray, **kwargs: Any) -> dict[str, float]:
+    mem.search(q[0], k=10, **kwargs)
+    lat = []
+    for vec in q:
+        t0 = time.perf_counter()
+        mem.search(vec, k=10, **kwargs)
+        lat.append((time.perf_counter() - t0) * 1e3)
+    return {"p50_ms": statistics.median(lat), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def _index_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.glob("index.*.faiss"))
+
+
 def bench_search(root: Path, count: int, queries: int = 1000) -> dict[str, Any]:
+    """Search p50/p99 at ``count`` segments with the default index ("auto") and the exact Flat
+    scan; recall@10 of the default against exact search; RSS and index size at 10% and 100%."""
     path = root / f"search-{count}"
     keys = unit_keys(count, seed=count)
-    if not (path / "manifest.sqlite").exists() or _live_segments(path) != count:
-        shutil.rmtree(path, ignore_errors=True)
-        t0 = time.perf_counter()
-        with TokenMemory(path, cap_tokens=10**9) as mem:
-            for i in range(count):
-                mem.add(synthetic_segment(i, 1, 1, 8, grid=(1, 1)), keys[i])
+    shutil.rmtree(path, ignore_errors=True)
+    rss: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with TokenMemory(path, cap_tokens=10**9, index_save_every=10**9) as mem:
+        for i in range(count):
+            mem.add(synthetic_segment(i, 1, 1, 8, grid=(1, 1)), keys[i])
+            if i + 1 == count // 10:
+                mem.wait_for_index()
+                mem._save_index()
+                rss["tenth"], rss["tenth_index_bytes"] = rss_mb(), _index_bytes(path)
+        added = time.perf_counter() - t0
+        mem.wait_for_index()
         build = time.perf_counter() - t0
-    else:
-        build = None
+        mem._save_index()
+        rss["full"], rss["full_index_bytes"] = rss_mb(), _index_bytes(path)
+        default_factory = mem.index_factory
     q = unit_keys(queries, seed=1)
-    out: dict[str, Any] = {"segments": count, "build_seconds": build, "key_dim": KEY_DIM}
-    for factory in FACTORIES:
+    exact = np.argsort(-(q @ keys.T), axis=1)[:, :10]  # ids are 0..count-1 in key order
+    out: dict[str, Any] = {"segments": count, "add_seconds": added, "build_seconds": build, "key_dim": KEY_DIM}
+    out["rss_mb"] = rss
+    for label, opts in (("default", {}), ("exact", {"index_factory": "IDMap2,Flat"})):
         t0 = time.perf_counter()
-        with TokenMemory(path, index_factory=factory) as mem:
-            opened = time.perf_counter() - t0
-            row: dict[str, Any] = {"open_seconds": opened}
-            for label, kwargs in (("plain", {}), ("time_filter", {"time_range": (0.0, count / 10)})):
-                mem.search(q[0], k=5, **kwargs)
-                lat = []
-                for vec in q:
-                    t0 = time.perf_counter()
-                    mem.search(vec, k=5, **kwargs)
-                    lat.append((time.perf_counter() - t0) * 1e3)
-                row[label] = {"p50_ms": statistics.median(lat), "p99_ms": float(np.percentile(lat, 99))}
-            out[factory] = row
+        with TokenMemory(path, read_only=True) if not opts else TokenMemory(path, **opts) as mem:
+            row: dict[str, Any] = {"factory": mem.index_factory, "open_seconds": time.perf_counter() - t0}
+            row["plain"] = _latency(mem, q)
+            row["time_filter"] = _latency(mem, q, time_range=(0.0, count / 10))
+            found = np.array([[h.segment.id for h in hits] for hits in mem.search(q, k=10)])
+            row["recall_at_10"] = recall_at(found, exact)
+        out[label] = row
+    out["default"]["factory"] = default_factory
     return out
 
 
@@ -140,6 +166,36 @@ def bench_rebalance(root: Path, count: int, tokens: int, dim: int) -> dict[str, 
         "full_rebalance": full.__dict__ if full else None,
         "reopen_with_half_cap_seconds": reopen,
     }
+
+
+def bench_dtypes(
+    root: Path, dim: int = 896, ratio: float = 0.15, seg_frames: int = 16, seconds: int = 3600
+) -> dict[str, Any]:
+    """A camera-hour at 1 fps (196 tokens a frame, segments of 16 frames at 15%) under a byte
+    cap of 1% of its raw float16 tokens, for each stored token dtype: bytes on disk and tokens
+    held after ``seconds`` of footage (every dtype's cap is full after about 13 minutes, and from
+    then on the bytes stay put, so 1200 s gives the bytes of a camera-hour)."""
+    raw_tokens = 3600 * 196
+    cap_bytes = int(0.01 * raw_tokens * (2 * dim + 40))
+    segments = seconds // seg_frames
+    keys = unit_keys(segments, seed=7)
+    out: dict[str, Any] = {"cap_bytes": cap_bytes, "segments": segments, "seconds": seconds}
+    for dtype in ("float16", "int8", "int4"):
+        path = root / f"dtype-{dtype}"
+        shutil.rmtree(path, ignore_errors=True)
+        with TokenMemory(path, cap_bytes=cap_bytes, token_dtype=dtype) as mem:
+            for i in range(segments):
+                mem.add(synthetic_segment(i, round(ratio * seg_frames * 196), seg_frames, dim), keys[i])
+            stats = mem.stats()
+        out[dtype] = {
+            "tokens_held": stats.tokens_held,
+            "token_cap": stats.token_cap,
+            "payload_bytes": stats.bytes_held,
+            "shard_bytes": _sizes((path / "shards").rglob("*.safetensors")),
+            "disk_bytes": stats.disk_bytes,
+        }
+        shutil.rmtree(path, ignore_errors=True)
+    return out
 
 
 def bench_hours(
@@ -191,8 +247,11 @@ def run_memory_benchmark(
     hours: float = 4.0,
     root: Path | None = None,
     progress: Any = None,
+    dtype_seconds: int = 1200,
 ) -> dict[str, Any]:
-    """Search at each size (Flat and HNSW), rebalance at ``rebalance_segments``, ``hours`` of 1 fps."""
+    """Search at each size (the default index and exact Flat), bytes per camera-hour for each token
+    dtype, rebalance at ``rebalance_segments``, ``hours`` of 1 fps. (10^6 segments are not run: adding
+    them one at a time through the writer takes hours on this CPU.)"""
     say = progress.log if progress is not None else (lambda *_: None)
     root = root or Path(tempfile.mkdtemp(prefix="streamvid-membench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -201,6 +260,8 @@ def run_memory_benchmark(
     for n in search_sizes:
         report["search"].append(bench_search(root, n))
         say(f"search at {n} segments: done")
+    report["dtypes"] = bench_dtypes(root, seconds=dtype_seconds)
+    say("token dtypes: done")
     report["rebalance"] = bench_rebalance(root, rebalance_segments, 20, 896)
     say("rebalance: done")
     report["hours"] = bench_hours(root, hours)
@@ -209,7 +270,11 @@ def run_memory_benchmark(
 
 def run(profile: Any, progress: Any = None) -> dict[str, Any]:
     return run_memory_benchmark(
-        profile.memory_search_sizes, profile.memory_rebalance_segments, profile.memory_hours, progress=progress
+        profile.memory_search_sizes,
+        profile.memory_rebalance_segments,
+        profile.memory_hours,
+        progress=progress,
+        dtype_seconds=getattr(profile, "memory_dtype_seconds", 1200),  # not a profile field (yet)
     )
 
 
@@ -217,12 +282,29 @@ def summary(report: dict[str, Any]) -> list[str]:
     """The result as printed lines."""
     lines = []
     for row in report["search"]:
-        for factory in FACTORIES:
-            r = row[factory]
+        for label in ("default", "exact"):
+            r = row[label]
             lines.append(
-                f"search @ {row['segments']:>6} segments, {factory:<18}: p50 {r['plain']['p50_ms']:.3f} ms, "
+                f"search @ {row['segments']:>6} segments, {label} {r['factory']:<18}: "
+                f"p50 {r['plain']['p50_ms']:.3f} ms, "
                 f"p99 {r['plain']['p99_ms']:.3f} ms; time-filtered p50 {r['time_filter']['p50_ms']:.3f} ms, "
-                f"p99 {r['time_filter']['p99_ms']:.3f} ms"
+                f"p99 {r['time_filter']['p99_ms']:.3f} ms; recall@10 {r['recall_at_10']:.4f}"
+            )
+        m = row["rss_mb"]
+        lines.append(
+            f"RSS @ {row['segments'] // 10} -> {row['segments']} segments: {m['tenth']:.0f} -> {m['full']:.0f} MB; "
+            f"index files {m['tenth_index_bytes'] / 2**20:.1f} -> {m['full_index_bytes'] / 2**20:.1f} MiB; "
+            f"adds {row['add_seconds']:.1f} s, index ready {row['build_seconds']:.1f} s"
+        )
+    if "dtypes" in report:
+        d = report["dtypes"]
+        for dtype in ("float16", "int8", "int4"):
+            r = d[dtype]
+            lines.append(
+                f"{d.get('seconds', 3600)} s of a camera at 1 fps, byte cap {d['cap_bytes'] / 2**20:.2f} MiB "
+                f"(1% of a raw hour), {dtype:<7}: "
+                f"{r['tokens_held']}/{r['token_cap']} tokens held, shards {r['shard_bytes'] / 2**20:.2f} MiB, "
+                f"disk {r['disk_bytes'] / 2**20:.2f} MiB"
             )
     r = report["rebalance"]
     adds = ", ".join(f"{s:.3f}" for s in r["add_at_cap_seconds"])
@@ -245,24 +327,37 @@ def summary(report: dict[str, Any]) -> list[str]:
 def markdown(result: dict[str, Any], images: str) -> str:
     rows = []
     for s in result["search"]:
-        for factory in FACTORIES:
-            r = s[factory]
+        for label in ("default", "exact"):
+            r = s[label]
             rows.append(
                 [
                     s["segments"],
-                    factory,
+                    f"{label} ({r['factory']})",
                     f"{r['plain']['p50_ms']:.3f}",
                     f"{r['plain']['p99_ms']:.3f}",
                     f"{r['time_filter']['p50_ms']:.3f}",
+                    f"{r['recall_at_10']:.4f}",
                 ]
             )
     rb, h = result["rebalance"], result["hours"]
     rss = [p["rss_mb"] for p in h["rss"]]
+    dtype_rows = []
+    if "dtypes" in result:
+        d = result["dtypes"]
+        dtype_rows = [
+            [
+                name,
+                d[name]["tokens_held"],
+                f"{d[name]['shard_bytes'] / 2**20:.2f}",
+                f"{d[name]['disk_bytes'] / 2**20:.2f}",
+            ]
+            for name in ("float16", "int8", "int4")
+        ]
     return "\n".join(
         [
             "## Token memory",
             "",
-            table(["segments", "index", "p50 ms", "p99 ms", "filtered p50 ms"], rows),
+            table(["segments", "index", "p50 ms", "p99 ms", "filtered p50 ms", "recall@10"], rows),
             "",
             f"Rebalance at {rb['segments']} segments: an add at the cap takes "
             f"{', '.join(f'{x:.3f}' for x in rb['add_at_cap_seconds'])} s; re-merging every segment "
@@ -271,6 +366,10 @@ def markdown(result: dict[str, Any], images: str) -> str:
             f"{h['hours']:.0f} h at 1 fps under a 1% cap ({h['cap_tokens']} tokens): at most "
             f"{h['max_tokens_held']} held; {h['disk_bytes_after_1h'] / 2**20:.1f} MiB on disk after one hour "
             f"({h['payload_bytes_after_1h'] / 2**20:.1f} MiB of tokens); RSS {rss[0]:.0f} -> {rss[-1]:.0f} MB.",
+            "",
+            "Stored token dtypes, one camera at 1 fps under a byte cap of 1% of a raw float16 hour:",
+            "",
+            table(["dtype", "tokens held", "shard MiB", "disk MiB"], dtype_rows) if dtype_rows else "",
             "",
         ]
     )

@@ -1,5 +1,9 @@
 """Tensor shards: one safetensors file per segment version, written atomically.
 
+Token vectors are stored in the memory's ``token_dtype`` (memory/quant.py: float16,
+bfloat16, int8 with ``scales``, int4 with ``scales`` and ``mins``). Reads memory-map
+the file and copy out only its tensors, so nothing but the asked segment is in RAM.
+
 A shard is written to a temporary name, flushed and fsynced, then renamed into
 place; the manifest points at it only after that, so a crash never leaves the
 manifest pointing at a half-written file. Files the manifest does not name are
@@ -12,10 +16,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 
 from memory.errors import CorruptShardError
+from memory.quant import quantize
 from streamvid.types import CompressedSegment
 
 __all__ = ["ShardStore"]
@@ -35,14 +40,14 @@ class ShardStore:
     def path(self, name: str) -> Path:
         return self.root / name
 
-    def write(self, segment_id: int, version: int, seg: CompressedSegment, dtype: torch.dtype) -> tuple[str, int]:
-        """Write the tokens and provenance of ``seg``; returns (shard name, bytes)."""
+    def write(self, segment_id: int, version: int, seg: CompressedSegment, token_dtype: str) -> tuple[str, int]:
+        """Write the tokens (quantized to ``token_dtype``) and provenance of ``seg``; returns (shard name, bytes)."""
         name = self.name(segment_id, version)
         path = self.path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = save(
             {
-                "tokens": seg.tokens.detach().to("cpu", dtype).contiguous(),
+                **quantize(seg.tokens, token_dtype),
                 "sizes": seg.sizes.to("cpu", torch.int64).contiguous(),
                 "positions": seg.positions.to("cpu", torch.int64).contiguous(),
                 "times": seg.times.to("cpu", torch.float64).contiguous(),
@@ -59,7 +64,8 @@ class ShardStore:
     def read(self, segment_id: int, name: str) -> dict[str, torch.Tensor]:
         path = self.path(name)
         try:
-            tensors = load(path.read_bytes())
+            with safe_open(str(path), framework="pt") as fh:  # memory-mapped: copies out these tensors only
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         except FileNotFoundError:
             raise CorruptShardError(
                 f"segment {segment_id}: shard {name} is missing; the segment's tokens are lost "
@@ -72,7 +78,9 @@ class ShardStore:
                 "or drop the segment. Other segments are unaffected",
                 [segment_id],
             ) from None
-        if any(k not in tensors for k in _TENSORS):
+        needs = {torch.int8: ("scales",), torch.uint8: ("scales", "mins")}
+        extra = needs.get(tensors["tokens"].dtype, ()) if "tokens" in tensors else ()
+        if any(k not in tensors for k in (*_TENSORS, *extra)):
             raise CorruptShardError(f"segment {segment_id}: shard {name} lacks tensors", [segment_id])
         return tensors
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from memory.config import INGEST_FIELDS, PROVENANCE_BYTES, MemoryConfig, MemorySettings
+from memory.config import INGEST_FIELDS, MemoryConfig, MemorySettings
 from memory.errors import (
     CorruptShardError,
     MemoryNotFoundError,
@@ -40,9 +41,10 @@ from memory.errors import (
     SegmentEvictedError,
     UnknownSegmentError,
 )
-from memory.index import KeyIndex
+from memory.index import FLAT, HNSW, KeyIndex
 from memory.lock import WriterLock
 from memory.manifest import LiveRow, Manifest, SegmentInfo, SegmentRow, SourceProgress, time_filter
+from memory.quant import dequantize
 from memory.rebalance import plan_rebalance, recency_factors
 from memory.rwlock import RWLock
 from memory.settings import (
@@ -60,6 +62,9 @@ from streamvid.types import CompressedSegment
 __all__ = ["Hit", "MemoryStats", "RebalanceReport", "SegmentInfo", "SourceProgress", "TokenMemory"]
 
 log = logging.getLogger(__name__)
+
+# what a read-only open may choose itself (everything else is the memory's stored config)
+_READER_OPTIONS = {"use_gpu_index", "cache_segments"}
 
 
 @dataclass(frozen=True)
@@ -263,18 +268,22 @@ class TokenMemory:
         self, path: str | Path, config: MemoryConfig | None = None, *, read_only: bool = False, **cfg: Any
     ) -> None:
         self.root = Path(path)
+        if "token_dtype" in cfg:  # the name the docs use for MemoryConfig.dtype
+            cfg["dtype"] = cfg.pop("token_dtype")
         self.read_only = read_only
         self._lock = RWLock()
         self._write_mutex = threading.Lock()
         self._writer: WriterLock | None = None
         self._closed = False
+        self._cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._cache_lock = threading.Lock()
         if read_only:
             if not (self.root / "manifest.sqlite").is_file():
                 raise MemoryNotFoundError(
                     f"{self.root} holds no streamvid memory; create one with 'streamvid ingest' or open it for writing"
                 )
-            if config is not None or set(cfg) - {"use_gpu_index"}:
-                given = sorted(set(cfg) - {"use_gpu_index"}) or ["config"]
+            if config is not None or set(cfg) - _READER_OPTIONS:
+                given = sorted(set(cfg) - _READER_OPTIONS) or ["config"]
                 raise ConfigError(
                     f"a read-only open uses the memory's stored settings; open it for writing to change {given}"
                 )
@@ -311,10 +320,12 @@ class TokenMemory:
             drop_legacy_file(self.root)
         self._settings = settings
         self.config = config
-        self.dtype = torch.float16 if config.dtype == "float16" else torch.bfloat16
         self.dim: int | None = settings.token_dim
         self.key_dim: int | None = settings.key_dim
         self._index: KeyIndex | None = None
+        self._factory = self._recorded_factory()
+        self._migration: threading.Thread | None = None
+        self._stop_migration = threading.Event()
         self._live: _LiveSet | None = None
         self._catalog = _Catalog()
         self._adds_since_save = 0
@@ -432,13 +443,20 @@ class TokenMemory:
                     gone = set(ids)
                     self._live.keep([sid not in gone for sid in self._live.ids])
                 if self._index is not None and ids and not self._index.remove(np.asarray(ids, dtype=np.int64)):
-                    self._index = self._new_index()  # this index type cannot remove: rebuild from the manifest
+                    # this index type cannot remove: rebuild from the manifest ("auto": exact now, graph later)
+                    if self.config.index_factory == "auto":
+                        self._stop_migration.set()
+                        self._factory = FLAT
+                        with self.manifest.transaction() as conn:
+                            self.manifest.set_meta("index_factory", FLAT, conn)
+                    self._index = self._new_index()
                     self._fill_index(self._index, self.manifest.ids())
             for _, shard, _, _ in rows:
                 if shard is not None:
                     self.shards.delete(shard)
             if ids:
                 self._save_index()
+        self._maybe_migrate()
         return len(ids)
 
     @property
@@ -455,10 +473,77 @@ class TokenMemory:
         with self._lock.read():
             return sorted(self._catalog.codes)
 
-    def _index_path(self) -> Path:
+    def _index_path(self, factory: str | None = None) -> Path:
         """One file per factory string, so a memory reopened with another factory rebuilds."""
-        slug = "".join(c if c.isalnum() else "_" for c in self.config.index_factory)
+        slug = "".join(c if c.isalnum() else "_" for c in (factory or self._factory))
         return self.root / f"index.{slug}.faiss"
+
+    @property
+    def index_factory(self) -> str:
+        """The FAISS factory string of the key index in use (with ``index_factory="auto"``: Flat
+        while small, HNSW once the background build has been swapped in)."""
+        return self._factory
+
+    def _recorded_factory(self) -> str:
+        if self.config.index_factory != "auto":
+            return self.config.index_factory
+        recorded = self.manifest.meta("index_factory")
+        return recorded if recorded in (FLAT, HNSW) else FLAT
+
+    def wait_for_index(self, timeout: float | None = None) -> bool:
+        """Wait for a background index build to finish; True when none is running."""
+        thread = self._migration
+        if thread is not None:
+            thread.join(timeout)
+        return self._migration is None or not self._migration.is_alive()
+
+    def _maybe_migrate(self) -> None:
+        """Writer, ``index_factory="auto"``: past ``index_switch_at`` keys, build the HNSW index
+        in the background (memory/index.py); a no-op while one is being built or once switched."""
+        if (
+            self.read_only
+            or self.config.index_factory != "auto"
+            or self._factory != FLAT
+            or self._index is None
+            or self._index.ntotal < self.config.index_switch_at
+            or (self._migration is not None and self._migration.is_alive())
+        ):
+            return
+        self._stop_migration.clear()
+        self._migration = threading.Thread(target=self._migrate, name="streamvid-index-build", daemon=True)
+        self._migration.start()
+
+    def _migrate(self) -> None:
+        """Build the HNSW index from the manifest's keys without any lock (readers and the writer
+        go on with the Flat index), save it (a new file, atomically), then under the locks: add
+        the keys written meanwhile, swap it in, record the choice in one transaction, and only
+        then delete the Flat index file. A kill at any point leaves a recorded index whose file
+        is complete, or a missing file that the next open rebuilds from the manifest."""
+        try:
+            index = self._new_index(HNSW)
+            ids = self.manifest.ids()
+            for chunk in np.array_split(ids, max(1, len(ids) // 4096)):
+                if self._stop_migration.is_set():
+                    return
+                self._fill_index(index, chunk)
+            index.save(self._index_path(HNSW))
+            with self._write_mutex:
+                if self._stop_migration.is_set() or self._closed:
+                    return
+                with self._lock.write():
+                    now = self.manifest.ids()
+                    have = index.ids()
+                    if len(np.setdiff1d(have, now)):  # a stream was dropped meanwhile: try again later
+                        return
+                    self._fill_index(index, np.setdiff1d(now, have))
+                    with self.manifest.transaction() as conn:
+                        self.manifest.set_meta("index_factory", HNSW, conn)
+                    old = self._index_path()
+                    self._index, self._factory = index, HNSW
+                old.unlink(missing_ok=True)
+            log.info("%s: switched the key index to %s at %d keys", self.root, HNSW, index.ntotal)
+        except Exception:  # the Flat index keeps serving; the next add tries again
+            log.exception("%s: background index build failed", self.root)
 
     # -- open / recover ------------------------------------------------------------
 
@@ -481,7 +566,8 @@ class TokenMemory:
             self._settings, _ = stored_settings(self.manifest, self.root)
             self.dim, self.key_dim = self._settings.token_dim, self._settings.key_dim
             if self._settings.store is not None:  # the writer may have reopened with a new cap
-                self.config = self._settings.store.model_copy(update={"use_gpu_index": self.config.use_gpu_index})
+                own = {name: getattr(self.config, name) for name in _READER_OPTIONS}
+                self.config = self._settings.store.model_copy(update=own)
             self._catalog = _Catalog()
             self._live, self._index = None, None
             self._load_state()
@@ -500,15 +586,19 @@ class TokenMemory:
         self._global_len = float(self.manifest.meta("global_len"))
         self._open_index()
 
-    def _new_index(self) -> KeyIndex:
+    def _new_index(self, factory: str | None = None) -> KeyIndex:
         assert self.key_dim is not None
         cfg = self.config
-        return KeyIndex(self.key_dim, cfg.index_factory, cfg.metric, cfg.use_gpu_index)
+        return KeyIndex(self.key_dim, factory or self._factory, cfg.metric, cfg.use_gpu_index)
 
     def _open_index(self) -> None:
         assert self.key_dim is not None
         cfg = self.config
-        index = KeyIndex.load(self._index_path(), self.key_dim, cfg.index_factory, cfg.metric, cfg.use_gpu_index)
+        self._factory = self._recorded_factory()
+        index = KeyIndex.load(self._index_path(), self.key_dim, self._factory, cfg.metric, cfg.use_gpu_index)
+        if index is None and self.config.index_factory == "auto" and self._factory != FLAT:
+            self._factory = FLAT  # the graph's file is gone: serve exactly, rebuild the graph in the background
+            index = KeyIndex.load(self._index_path(), self.key_dim, self._factory, cfg.metric, cfg.use_gpu_index)
         manifest_ids = self.manifest.ids()
         if index is None:
             index = self._new_index()
@@ -525,8 +615,13 @@ class TokenMemory:
                 log.info("%s: index repaired (+%d, -%d keys)", self.root, len(missing), len(extra))
         self._fill_index(index, missing)
         self._index = index
-        if len(missing) and not self.read_only:
-            index.save(self._index_path())
+        if not self.read_only:
+            if len(missing):
+                index.save(self._index_path())
+            for stale in self.root.glob("index.*"):  # interrupted saves and other factories' files
+                if stale != self._index_path() and (stale.suffix == ".tmp" or self.config.index_factory == "auto"):
+                    stale.unlink(missing_ok=True)
+            self._maybe_migrate()
 
     def _fill_index(self, index: KeyIndex, ids: np.ndarray) -> None:
         for chunk in np.array_split(ids, max(1, len(ids) // 4096)):
@@ -566,6 +661,7 @@ class TokenMemory:
             self._adds_since_save += 1
             if self._adds_since_save >= self.config.index_save_every:
                 self._save_index()
+        self._maybe_migrate()
         return sid
 
     def _ensure_dims(self, dim: int, key_dim: int) -> None:
@@ -698,7 +794,7 @@ class TokenMemory:
                 seg, version = self._load(sid, shard), old_version + 1
                 old_files.append(shard)
             seg = remerge(seg, target)
-            name, nbytes = self.shards.write(sid, version, seg, self.dtype)
+            name, nbytes = self.shards.write(sid, version, seg, self.config.dtype)
             rewrites[sid] = _Rewrite(seg, name, version, nbytes)
         return rewrites, old_files
 
@@ -754,7 +850,7 @@ class TokenMemory:
     def _add_within_cap(self, pending: _Pending) -> None:
         """Store a segment when the cap is not reached: one shard, one insert, no rebalance."""
         sid, seg, key, _ = pending
-        name, nbytes = self.shards.write(sid, 0, seg, self.dtype)
+        name, nbytes = self.shards.write(sid, 0, seg, self.config.dtype)
         global_sum = self._global_sum + seg.frame_count * seg.mean_token.float().cpu().double()
         global_len = self._global_len + seg.frame_count
         row = SegmentRow.of(sid, seg, key, status="live", shard=name, version=0, nbytes=nbytes, n_tokens=seg.budget)
@@ -785,15 +881,21 @@ class TokenMemory:
 
     # -- reading -------------------------------------------------------------------
 
-    def _load(self, sid: int, shard: str) -> CompressedSegment:
+    def _load(self, sid: int, shard: str, device: torch.device | str | None = None) -> CompressedSegment:
+        """Segment ``sid`` from ``shard``: tokens dequantized to float16 on ``device`` (default CPU).
+        Recently read shards come from a small LRU (``cache_segments``), keyed by shard name, which
+        names one version of one segment, so an entry is never stale."""
         row = self.manifest.row(sid)
-        t = self.shards.read(sid, shard)
+        t = self._cache_get(shard)
+        if t is None:
+            t = self.shards.read(sid, shard)
+            self._cache_put(shard, t)
         try:
             return CompressedSegment(
-                tokens=t["tokens"],
-                sizes=t["sizes"],
-                positions=t["positions"],
-                times=t["times"],
+                tokens=dequantize(t, row_dim(t, self.dim), device),
+                sizes=t["sizes"].clone(),
+                positions=t["positions"].clone(),
+                times=t["times"].clone(),
                 grid_size=(row.grid_h, row.grid_w),
                 frame_count=row.frame_count,
                 start_time=row.start,
@@ -806,12 +908,30 @@ class TokenMemory:
                 frame_offset=row.frame_offset,
                 method=row.method,
             )
-        except ShapeError as err:
+        except (ShapeError, ValueError, RuntimeError) as err:
             raise CorruptShardError(f"segment {sid}: shard {shard} holds inconsistent tensors ({err})", [sid]) from None
 
-    def get(self, ids: Iterable[int]) -> list[CompressedSegment]:
-        """The stored segments, in the order asked. Evicted ids raise SegmentEvictedError,
-        unknown ids UnknownSegmentError, an unreadable shard CorruptShardError."""
+    def _cache_get(self, shard: str) -> dict[str, torch.Tensor] | None:
+        with self._cache_lock:
+            t = self._cache.get(shard)
+            if t is not None:
+                self._cache.move_to_end(shard)
+            return t
+
+    def _cache_put(self, shard: str, tensors: dict[str, torch.Tensor]) -> None:
+        size = self.config.cache_segments
+        if size <= 0:
+            return
+        with self._cache_lock:
+            self._cache[shard] = tensors
+            self._cache.move_to_end(shard)
+            while len(self._cache) > size:
+                self._cache.popitem(last=False)
+
+    def get(self, ids: Iterable[int], device: torch.device | str | None = None) -> list[CompressedSegment]:
+        """The stored segments, in the order asked, tokens float16 [n, D] dequantized on ``device``
+        (default CPU; pass the model's). Evicted ids raise SegmentEvictedError, unknown ids
+        UnknownSegmentError, an unreadable shard CorruptShardError."""
         ids = [int(i) for i in ids]
         if not ids:
             return []
@@ -828,14 +948,14 @@ class TokenMemory:
                     "retained for that time. Raise the cap to keep more",
                     evicted,
                 )
-            return [self._load_fresh(i, states[i][1]) for i in ids]
+            return [self._load_fresh(i, states[i][1], device) for i in ids]
 
-    def _load_fresh(self, sid: int, shard: str) -> CompressedSegment:
+    def _load_fresh(self, sid: int, shard: str, device: torch.device | str | None = None) -> CompressedSegment:
         """Load a segment; a reader racing the writer in another process may find that the
         writer has just replaced the shard it was told of: it then follows the manifest."""
         for _ in range(3):
             try:
-                return self._load(sid, shard)
+                return self._load(sid, shard, device)
             except CorruptShardError:
                 if not self.read_only:
                     raise
@@ -843,7 +963,7 @@ class TokenMemory:
                 if now is None or now[0] == "evicted" or now[1] == shard:
                     raise
                 shard = now[1]
-        return self._load(sid, shard)
+        return self._load(sid, shard, device)
 
     def search(
         self,
@@ -916,7 +1036,7 @@ class TokenMemory:
         if event is not None:
             last = RebalanceReport(**{k: event[k] for k in RebalanceReport.__dataclass_fields__})
         disk = self.shards.disk_bytes() + _sizes(p for p in self.root.iterdir() if p.is_file())
-        per_token = 0 if self.dim is None else self.dim * 2 + PROVENANCE_BYTES
+        per_token = 0 if self.dim is None else self.config.token_bytes(self.dim)
         return MemoryStats(
             tokens_held=tokens,
             token_cap=self.token_cap,
@@ -935,6 +1055,9 @@ class TokenMemory:
         lock. Idempotent."""
         if self._closed:
             return
+        self._stop_migration.set()
+        if self._migration is not None:
+            self._migration.join()
         with self._write_mutex:
             self._save_index()
             self._closed = True
@@ -946,6 +1069,11 @@ class TokenMemory:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def row_dim(tensors: dict[str, torch.Tensor], dim: int | None) -> int:
+    """The token width of a shard: the memory's width (int4 shards are padded to whole groups)."""
+    return int(tensors["tokens"].shape[1]) if dim is None else dim
 
 
 def _live_row(sid: int, seg: CompressedSegment, tokens: int) -> LiveRow:
