@@ -597,6 +597,10 @@ def inspect(
     with _open_reader(memory) as mem:
         stats = mem.stats()
         segments = mem.timeline()
+        store = (
+            f"tokens stored as {mem.config.dtype}; key index {mem.index_factory} "
+            f"(config {mem.config.index_factory!r}, exact below {mem.config.index_switch_at} keys when 'auto')"
+        )
     table = Table(
         title=f"{memory}: {stats.tokens_held}/{stats.token_cap} tokens, {stats.segments_live} live, "
         f"{stats.segments_evicted} evicted, {stats.disk_bytes / 2**20:.1f} MiB on disk"
@@ -607,6 +611,7 @@ def inspect(
         row = (s.id, s.stream, f"{s.start:.1f}", f"{s.end:.1f}", s.frame_count, s.tokens, s.original_tokens, s.status)
         table.add_row(*map(str, row))
     console.print(table)
+    console.print(store, soft_wrap=True)
     if len(segments) > limit:
         console.print(f"... {len(segments) - limit} more")
     if stats.last_rebalance:

@@ -62,6 +62,7 @@ def test_ingest_ask_inspect(setup, tmp_path):
     result = run("inspect", mem)
     assert result.exit_code == 0, result.output
     assert (mem / "budgets.png").stat().st_size > 1000 and "3 live" in result.output
+    assert "tokens stored as float16; key index IDMap2,Flat" in result.output  # small: exact search
 
 
 def test_ask_a_video_file_directly_uses_a_cached_memory(setup, tmp_path):
