@@ -1,4 +1,4 @@
-"""Budget planning under the global cap (compression spec section 2), pure functions.
+"""Budget planning under the global cap (docs/algorithms.md, "Memory cap"), pure functions.
 
 Given every live segment's CABA statistics and current token count, decide which
 segments to evict (only when the cap cannot give each one token) and which to
