@@ -1,7 +1,15 @@
 """The write path: where a frame becomes memory.
 
-    source -> IngestPipeline (decode, sample, cut segments) -> IngestStage -> TokenMemory
-                                                              encode -> compress -> key -> add
+    source -> IngestPipeline (decode, sample, encode frames, cut segments) -> IngestStage -> TokenMemory
+                                                                             key -> add
+
+By default (``segment_on="encoder"``) frames are encoded as they arrive, in micro-batches
+(:class:`~streamvid.ingest.segmenter.EncoderSegmenter`): DySeg cuts on the encoder's frame
+features and each frame is folded into the open segment's incremental compression
+(:class:`~streamvid.compress.incremental.IncrementalSegment`: TFD per frame, ATS and DTM at the
+close), so a closed segment arrives compressed and :meth:`Ingest.peek` shows the open one.
+``segment_on="thumbnail"`` is the older path: cut on 16 x 16 pixel thumbnails, encode and
+compress each closed segment in one burst.
 
 :func:`build_ingest` wires a source, the Video-LLM, the compressor, the retrieval embedder
 and the memory together once; the CLI, live sessions, the benchmark harness and the
@@ -36,26 +44,31 @@ records progress but never skips frames.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
+import torch
 
 from memory import TokenMemory
 from streamvid.compress import Compressor
 from streamvid.embedders import Embedder, segment_key
 from streamvid.errors import ConfigError
 from streamvid.ingest import DropPolicy, IngestPipeline, IngestStats, Sampler, StreamingSegmenter
+from streamvid.ingest.segmenter import EncodedSegment, EncoderSegmenter
 from streamvid.ingest.sources import NETWORK_SCHEMES, FileSource, VideoSource
 from streamvid.models.base import VideoLLM
-from streamvid.types import Segment
+from streamvid.types import CompressedSegment, Segment, TokenGrid
 
 __all__ = [
     "DEFAULT_RECONNECT_BACKOFF",
+    "EncoderWorker",
     "Ingest",
     "IngestStage",
     "StageStats",
@@ -127,6 +140,146 @@ class _ResumingSegmenter(StreamingSegmenter):
         return super().push(t, frame)
 
 
+class _ResumingEncoderSegmenter(EncoderSegmenter):
+    """An EncoderSegmenter that drops every frame at or before ``skip_through`` seconds."""
+
+    def __init__(self, *args: Any, skip_through: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip_through = skip_through
+        self.skipped = 0
+
+    def push(self, t: float, frame: np.ndarray) -> list[EncodedSegment]:
+        if self.skip_through is not None and t <= self.skip_through:
+            self.skipped += 1
+            return []
+        return super().push(t, frame)
+
+
+class _Request:
+    """Frames of one stream waiting for the shared encoder; ``done`` is set with the grid or the error."""
+
+    def __init__(self, frames: torch.Tensor, times: torch.Tensor, scores: bool) -> None:
+        self.frames, self.times, self.scores = frames, times, scores
+        self.grid: TokenGrid | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class EncoderWorker:
+    """One encoder thread per device, shared by every stream of a live session.
+
+    Streams call :meth:`encode` (from their own ingest threads, with a micro-batch each); the
+    worker takes waiting requests round-robin over streams (one per stream per round, so a
+    busy stream cannot starve the others), up to ``max_batch`` frames of one frame size, runs
+    the tower once on all of them and hands each stream its slice. A stream waits only for its
+    own batch; its source never waits (the ingest queue drops frames upstream by its policy).
+    Adapters that fold several frames into one temporal token (Qwen2.5-VL) are batched per
+    request, as the tower pairs frames within a call.
+    """
+
+    def __init__(self, llm: VideoLLM, *, max_batch: int = 32) -> None:
+        if max_batch < 1:
+            raise ConfigError("max_batch must be >= 1")
+        self.llm = llm
+        self.max_batch = max_batch
+        self.batches = 0  # tower calls
+        self.frames = 0  # frames encoded
+        self._queues: dict[str, deque[_Request]] = {}
+        self._turn: deque[str] = deque()  # round-robin order of streams with waiting requests
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="streamvid-encoder", daemon=True)
+        self._thread.start()
+
+    def encoder_for(self, stream_id: str, attention_scores: bool = False) -> Callable[[Any, Any], TokenGrid]:
+        """The ``encode(frames, times)`` a stream's segmenter calls."""
+        return lambda frames, times: self.encode(stream_id, frames, times, attention_scores=attention_scores)
+
+    def encode(self, stream_id: str, frames: Any, times: Any, *, attention_scores: bool = False) -> TokenGrid:
+        """uint8 [b, H, W, 3] frames + [b] seconds of one stream -> its TokenGrid (blocks until encoded)."""
+        req = _Request(torch.as_tensor(np.asarray(frames)), torch.as_tensor(np.asarray(times)), attention_scores)
+        with self._cond:
+            if self._closed:
+                raise ConfigError("the encoder worker is closed; start a new one")
+            if not self._queues.get(stream_id):
+                self._turn.append(stream_id)
+            self._queues.setdefault(stream_id, deque()).append(req)
+            self._cond.notify()
+        req.done.wait()
+        if req.error is not None:
+            raise req.error
+        assert req.grid is not None
+        return req.grid
+
+    def close(self) -> None:
+        """Finish the waiting requests, then end the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=60.0)
+
+    def _take(self) -> list[_Request]:
+        """Waiting requests for one tower call: rounds over the streams, at most one request per
+        stream per round, one frame size (called under the lock)."""
+        batch: list[_Request] = []
+        size = 0
+        single = self.llm.capabilities.frames_per_token_step > 1
+        progress = True
+        while progress:
+            progress = False
+            for _ in range(len(self._turn)):
+                stream = self._turn.popleft()
+                queue = self._queues[stream]
+                req = queue[0]
+                if not batch or (
+                    not single
+                    and size + req.frames.shape[0] <= self.max_batch
+                    and req.frames.shape[1:] == batch[0].frames.shape[1:]
+                    and req.scores == batch[0].scores
+                ):
+                    queue.popleft()
+                    batch.append(req)
+                    size += req.frames.shape[0]
+                    progress = True
+                if queue:
+                    self._turn.append(stream)
+                if single or size >= self.max_batch:
+                    return batch
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._turn and not self._closed:
+                    self._cond.wait()
+                if not self._turn:
+                    return
+                batch = self._take()
+            try:
+                frames = torch.cat([r.frames for r in batch])  # (sum b, H, W, 3)
+                # streams' clocks differ: the tower gets a running index, each slice its own times
+                times = batch[0].times.double() if len(batch) == 1 else torch.arange(frames.shape[0]).double()
+                if batch[0].scores:
+                    grid = self.llm.encode(frames, times, attention_scores=True)
+                else:
+                    grid = self.llm.encode(frames, times)
+                self.batches += 1
+                self.frames += frames.shape[0]
+                start = 0
+                for r in batch:  # each stream's slice (one token frame per frame when batched)
+                    if len(batch) == 1:
+                        r.grid = grid
+                        continue
+                    n = r.frames.shape[0]
+                    r.grid = replace(grid.slice(start, start + n), timestamps=r.times.double())
+                    start += n
+            except BaseException as err:  # handed to every waiting stream
+                for r in batch:
+                    r.error = err
+            for r in batch:
+                r.done.set()
+
+
 class IngestStage:
     """The sink of an ingest pipeline: call it with each closed Segment; returns its memory id.
 
@@ -160,7 +313,15 @@ class IngestStage:
         # tower attention maps only when the compressor uses them and the adapter can give them
         self.attention_scores = bool(set(compressor.score_maps) & set(llm.capabilities.score_maps))
 
+    def encode_frames(self, frames: Any, timestamps: Any) -> Any:
+        """Frames -> TokenGrid, with the tower attention maps when the compressor uses them."""
+        if self.attention_scores:
+            return self.llm.encode(frames, timestamps, attention_scores=True)
+        return self.llm.encode(frames, timestamps)
+
     def __call__(self, segment: Segment) -> int:
+        if isinstance(segment, EncodedSegment) and segment.compressed is not None:
+            return self._store(segment, segment.compressed, segment.encode_seconds, segment.compress_seconds)
         t0 = time.perf_counter()
         if self.attention_scores:
             grid = self.llm.encode(segment.frames, segment.timestamps, attention_scores=True)
@@ -170,6 +331,12 @@ class IngestStage:
         t1 = time.perf_counter()
         (compressed,) = self.compressor.compress(grid, boundaries=[0, grid.num_frames])
         t2 = time.perf_counter()
+        return self._store(segment, compressed, t1 - t0, t2 - t1)
+
+    def _store(self, segment: Segment, compressed: CompressedSegment, encode_s: float, compress_s: float) -> int:
+        if compressed.segment_index != segment.index + self.index_offset:
+            compressed = replace(compressed, segment_index=segment.index + self.index_offset)
+        t2 = time.perf_counter()
         key = segment_key(self.embedder, segment.frames, self.key_frames)
         t3 = time.perf_counter()
         sid = self.memory.add(compressed, key, source=self.source)
@@ -177,8 +344,8 @@ class IngestStage:
         s = self.stats
         s.segments += 1
         s.frames += segment.frames.shape[0]
-        s.encode_seconds += t1 - t0
-        s.compress_seconds += t2 - t1
+        s.encode_seconds += encode_s
+        s.compress_seconds += compress_s
         s.key_seconds += t3 - t2
         s.store_seconds += t4 - t3
         s.ids.append(sid)
@@ -214,8 +381,17 @@ class Ingest:
     @property
     def skipped_frames(self) -> int:
         """Sampled frames dropped because an earlier run had stored them."""
-        seg = self.pipeline.segmenter
-        return seg.skipped if isinstance(seg, _ResumingSegmenter) else 0
+        return int(getattr(self.pipeline.segmenter, "skipped", 0))
+
+    def peek(self) -> CompressedSegment | None:
+        """The stream's open segment, compressed now at the compressor's ratio (None when it is
+        empty or the segmenter does not encode as frames arrive). Not stored; its segment index
+        is the one it will be stored under."""
+        peek = getattr(self.pipeline.segmenter, "peek", None)
+        out = peek() if peek is not None else None
+        if out is None or self.stage.index_offset == 0:
+            return out
+        return replace(out, segment_index=out.segment_index + self.stage.index_offset)
 
     def _begin(self) -> None:
         if self.from_start:
@@ -293,6 +469,10 @@ def build_ingest(
     resume: bool = True,
     from_start: bool = False,
     strict: bool = False,
+    segment_on: Literal["encoder", "thumbnail"] = "encoder",
+    micro_batch: int = 8,
+    prefilter: bool = False,
+    encoder: EncoderWorker | None = None,
 ) -> Ingest:
     """Wire ``source`` (anything ``open_source`` takes) into ``memory`` (opened for writing)
     under ``stream_id``.
@@ -309,10 +489,32 @@ def build_ingest(
     Resume needs the same fps and cut rule as the interrupted run for identical segments.
     strict: the first hole in the source (corrupt data, a gap, an early end) raises
     instead of being reported in the stats.
+    segment_on: ``"encoder"`` (default) encodes frames as they arrive, ``micro_batch`` at a
+    time, and cuts on the encoder's frame features (``prefilter``: the thumbnail cut also
+    cuts); ``"thumbnail"`` cuts on pixel thumbnails and encodes each closed segment.
+    encoder: a shared :class:`EncoderWorker` (several streams, one tower call per round);
+    default: the stream encodes its own micro-batches.
     """
     key = source_key(source)
     stage = IngestStage(llm, compressor, embedder, memory, key_frames=key_frames, on_stored=on_stored, source=key)
-    segmenter = _ResumingSegmenter(tau_seg, min_len, max_len, stream_id=stream_id)
+    segmenter: _ResumingSegmenter | _ResumingEncoderSegmenter
+    if segment_on == "encoder":
+        encode = stage.encode_frames if encoder is None else encoder.encoder_for(stream_id, stage.attention_scores)
+        segmenter = _ResumingEncoderSegmenter(
+            encode,
+            compressor,
+            tau_seg,
+            min_len,
+            max_len,
+            micro_batch=micro_batch,
+            frames_per_step=llm.capabilities.frames_per_token_step,
+            prefilter=prefilter,
+            stream_id=stream_id,
+        )
+    elif segment_on == "thumbnail":
+        segmenter = _ResumingSegmenter(tau_seg, min_len, max_len, stream_id=stream_id)
+    else:
+        raise ConfigError(f"segment_on must be 'encoder' or 'thumbnail', got {segment_on!r}")
     pipeline = IngestPipeline(
         source,
         stage,

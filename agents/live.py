@@ -3,11 +3,11 @@ questions about them at the same time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agents.ingest import Ingest, build_ingest
+from agents.ingest import EncoderWorker, Ingest, build_ingest
 from agents.qa import Answer, VideoQA
 from memory import TokenMemory
 from streamvid.compress import Compressor
@@ -15,6 +15,7 @@ from streamvid.embedders import Embedder
 from streamvid.errors import ConfigError
 from streamvid.ingest import DropPolicy
 from streamvid.models.base import VideoLLM
+from streamvid.types import CompressedSegment
 
 __all__ = ["LiveSession", "StreamStatus", "SessionStatus"]
 
@@ -42,6 +43,13 @@ class SessionStatus:
 class LiveSession:
     """``sources``: {stream id: source} (anything ``open_source`` takes).
 
+    Frames are encoded as they arrive (``micro_batch`` at a time) and a question that touches
+    "now" also sees each stream's still-open segment, compressed on demand at the
+    compressor's ratio (:meth:`open_segments`), so the newest seconds are never missing.
+    k: at most this many retrieved segments per question (None: the whole asked range shares
+    ``max_visual_tokens``; see agents/qa.py). All streams share one encoder thread
+    (:class:`~agents.ingest.EncoderWorker`, up to ``encoder_batch`` frames per tower call).
+
     >>> with LiveSession({"door": "rtsp://cam1/stream"}, llm, memory, embedder, compressor) as session:
     ...     session.ask("Did anyone come in during the last 5 minutes?")
     """
@@ -59,14 +67,18 @@ class LiveSession:
         max_len: int = 16,
         drop_policy: DropPolicy = "drop_oldest",
         max_reconnects: int = 5,
-        k: int = 4,
+        k: int | None = None,
         max_new_tokens: int = 128,
         on_segment: Callable[[str, int], None] | None = None,
+        max_visual_tokens: int | None = None,
+        micro_batch: int = 8,
+        encoder_batch: int = 32,
     ) -> None:
         """on_segment(stream id, memory id) is called after each segment is stored."""
         if not sources:
             raise ConfigError("a live session needs at least one source")
         self.memory = memory
+        self.encoder = EncoderWorker(llm, max_batch=encoder_batch)
         hook = None if on_segment is None else (lambda seg, sid: on_segment(seg.stream_id, sid))
         self.ingests: dict[str, Ingest] = {
             stream_id: build_ingest(
@@ -83,10 +95,21 @@ class LiveSession:
                 drop_policy=drop_policy,
                 max_reconnects=max_reconnects,
                 on_stored=hook,
+                micro_batch=micro_batch,
+                encoder=self.encoder,
             )
             for stream_id, source in sources.items()
         }
-        self.qa = VideoQA(llm, memory, embedder, k=k, live=True, max_new_tokens=max_new_tokens)
+        self.qa = VideoQA(
+            llm,
+            memory,
+            embedder,
+            k=k,
+            live=True,
+            max_new_tokens=max_new_tokens,
+            max_visual_tokens=max_visual_tokens,
+            open_segments=self.open_segments,
+        )
         self._started = False
 
     def start(self) -> LiveSession:
@@ -98,6 +121,12 @@ class LiveSession:
     def ask(self, question: str, **kwargs: Any) -> Answer:
         """Answer from what has been ingested so far (ingest keeps running)."""
         return self.qa.ask(question, **kwargs)
+
+    def open_segments(self, streams: Sequence[str] = ()) -> list[CompressedSegment]:
+        """The still-open segment of each stream (all when ``streams`` is empty), compressed now."""
+        wanted = set(streams) if streams else set(self.ingests)
+        out = [job.peek() for name, job in self.ingests.items() if name in wanted]
+        return [seg for seg in out if seg is not None]
 
     def status(self) -> SessionStatus:
         streams = []
@@ -123,6 +152,7 @@ class LiveSession:
                 raise
             except Exception:  # a source error: kept in status()
                 pass
+        self.encoder.close()
         return self.status()
 
     def __enter__(self) -> LiveSession:

@@ -45,6 +45,7 @@ PARTS: dict[str, str] = {
     "ingest": "bench.ingest_speed",
     "memory": "bench.memory_speed",
     "qa": "bench.question_latency",
+    "live": "bench.live_latency",
 }
 
 

@@ -329,7 +329,6 @@ class InfoMerge(Compressor):
         return salient, quotas
 
     def _compress(self, grid: TokenGrid, boundaries: list[int] | None) -> list[CompressedSegment]:
-        cfg = self.config
         t, h, w, dim = grid.tokens.shape
         n = h * w
         x = grid.tokens.reshape(t, n, dim).float()  # (T, N, D)
@@ -341,48 +340,69 @@ class InfoMerge(Compressor):
         lengths = torch.tensor([b - a for a, b in spans])
         uniq = uniqueness(torch.stack([s.mean_token for s in stats]), lengths)
         salient_count, quotas = self._quotas(x, spans, stats)
+        return [
+            self._segment(grid, x, sal, a, b, k, salient_count, quotas[k], stats[k], float(uniq[k]))
+            for k, (a, b) in enumerate(spans)
+        ]
 
-        out: list[CompressedSegment] = []
-        for k, (a, b) in enumerate(spans):
-            seg = x[a:b]  # (V, N, D)
-            if self.use_tfd:
-                static = static_positions(temporal_fingerprint_difference(seg), b - a, self.rho)
-                chosen = select_salient(sal[a:b], salient_count, static, cfg.lam)
-                seg = carry_static(seg, chosen, static)  # ATS and DTM both see the carried tokens
-            else:
-                static = None
-                no_static = torch.zeros(n, dtype=torch.bool, device=sal.device)
-                chosen = select_salient(sal[a:b], salient_count, no_static, 0.0)
-            frame_idx, pos_idx = torch.nonzero(chosen, as_tuple=True)  # (V*T_s,) each
-            salient_x = seg[frame_idx, pos_idx]  # (V*T_s, D)
-            ctx_x, ctx_flat, ctx_owner = merge_context(seg, chosen, quotas[k], static, knn=cfg.knn, mu=cfg.mu)
-            # provenance: a salient token stands for itself, context tokens for their members
-            n_salient = frame_idx.shape[0]
-            owner = torch.where(ctx_owner >= 0, ctx_owner + n_salient, ctx_owner)
-            owner[frame_idx * n + pos_idx] = torch.arange(n_salient, device=owner.device)
-            kept_x = torch.cat([salient_x, ctx_x])
-            orphans = torch.nonzero(owner < 0).flatten()  # no context tokens (FastVID when int(R d) = 0)
-            if orphans.numel():
-                sims = F.normalize(seg.reshape(-1, dim)[orphans], dim=-1) @ F.normalize(kept_x, dim=-1).T
-                owner[orphans] = sims.argmax(dim=1)  # the most similar kept token
-            kept = kept_x.shape[0]
-            out.append(
-                finish_segment(
-                    grid,
-                    a,
-                    b,
-                    owner=owner,
-                    tokens=kept_x,
-                    sizes=torch.bincount(owner, minlength=kept),
-                    flat_index=torch.cat([frame_idx * n + pos_idx, ctx_flat]),
-                    method=self.name,
-                    out_dtype=self.out_dtype(grid),
-                    segment_index=grid.segment_index + k,
-                    uniqueness_value=float(uniq[k]),
-                    stats=stats[k],
-                )
-            )
-        return out
+    def _segment(
+        self,
+        grid: TokenGrid,
+        x: torch.Tensor,
+        sal: torch.Tensor,
+        a: int,
+        b: int,
+        k: int,
+        salient_count: int,
+        quota: list[int],
+        stats,
+        uniq: float,
+        tfd: torch.Tensor | None = None,
+    ) -> CompressedSegment:
+        """ATS (+ static carry) and DTM for frames [a, b) of the grid.
+
+        x: fp32 [T, N, D]; sal: [T, N]; quota: [b - a] context tokens per frame; tfd: fp32 [N]
+        of the segment when already known (the incremental write path), else computed here.
+        """
+        cfg = self.config
+        n, dim = x.shape[1], x.shape[2]
+        seg = x[a:b]  # (V, N, D)
+        if self.use_tfd:
+            tfd = temporal_fingerprint_difference(seg) if tfd is None else tfd
+            static = static_positions(tfd, b - a, self.rho)
+            chosen = select_salient(sal[a:b], salient_count, static, cfg.lam)
+            seg = carry_static(seg, chosen, static)  # ATS and DTM both see the carried tokens
+        else:
+            static = None
+            no_static = torch.zeros(n, dtype=torch.bool, device=sal.device)
+            chosen = select_salient(sal[a:b], salient_count, no_static, 0.0)
+        frame_idx, pos_idx = torch.nonzero(chosen, as_tuple=True)  # (V*T_s,) each
+        salient_x = seg[frame_idx, pos_idx]  # (V*T_s, D)
+        ctx_x, ctx_flat, ctx_owner = merge_context(seg, chosen, quota, static, knn=cfg.knn, mu=cfg.mu)
+        # provenance: a salient token stands for itself, context tokens for their members
+        n_salient = frame_idx.shape[0]
+        owner = torch.where(ctx_owner >= 0, ctx_owner + n_salient, ctx_owner)
+        owner[frame_idx * n + pos_idx] = torch.arange(n_salient, device=owner.device)
+        kept_x = torch.cat([salient_x, ctx_x])
+        orphans = torch.nonzero(owner < 0).flatten()  # no context tokens (FastVID when int(R d) = 0)
+        if orphans.numel():
+            sims = F.normalize(seg.reshape(-1, dim)[orphans], dim=-1) @ F.normalize(kept_x, dim=-1).T
+            owner[orphans] = sims.argmax(dim=1)  # the most similar kept token
+        kept = kept_x.shape[0]
+        return finish_segment(
+            grid,
+            a,
+            b,
+            owner=owner,
+            tokens=kept_x,
+            sizes=torch.bincount(owner, minlength=kept),
+            flat_index=torch.cat([frame_idx * n + pos_idx, ctx_flat]),
+            method=self.name,
+            out_dtype=self.out_dtype(grid),
+            segment_index=grid.segment_index + k,
+            uniqueness_value=uniq,
+            stats=stats,
+        )
 
 
 class FastVID(InfoMerge):

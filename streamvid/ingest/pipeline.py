@@ -28,7 +28,7 @@ import numpy as np
 from streamvid.errors import ConfigError, DamagedVideoError, SourceError, StreamDisconnectedError
 from streamvid.ingest.damage import DamageReport, Hole, gap_threshold
 from streamvid.ingest.sampler import Sampler
-from streamvid.ingest.segmenter import StreamingSegmenter
+from streamvid.ingest.segmenter import EncoderSegmenter, StreamingSegmenter
 from streamvid.ingest.sources import VideoSource, open_source
 from streamvid.types import Segment
 
@@ -100,7 +100,10 @@ class IngestPipeline:
 
     source: anything :func:`open_source` takes. on_segment: the encode/compress
     stage and sink, called with every closed :class:`Segment` (a batch of frames)
-    in the consumer thread. live: default from the source. drop_policy (live
+    in the consumer thread. segmenter: a :class:`StreamingSegmenter` (raw segments) or an
+    :class:`EncoderSegmenter` (frames encoded in micro-batches as they arrive; its ``idle()``
+    runs whenever no frame is waiting, so a live frame is encoded without waiting for a full
+    batch). live: default from the source. drop_policy (live
     mode): ``drop_oldest`` keeps the newest frames (the queue holds the latest
     view of the scene); ``drop_newest`` keeps what is queued and discards
     arrivals. reconnect_backoff: (first delay, largest delay) in seconds, doubling per
@@ -116,7 +119,7 @@ class IngestPipeline:
         on_segment: Callable[[Segment], Any],
         *,
         sampler: Sampler | None = None,
-        segmenter: StreamingSegmenter | None = None,
+        segmenter: StreamingSegmenter | EncoderSegmenter | None = None,
         live: bool | None = None,
         queue_size: int = 64,
         drop_policy: DropPolicy = "drop_oldest",
@@ -329,12 +332,14 @@ class IngestPipeline:
 
     # -- consumer --------------------------------------------------------------------
 
-    def _deliver(self, segment: Segment | None) -> None:
+    def _deliver(self, segment: Segment | list[Segment] | None) -> None:
+        """Hand closed segments on (a segmenter returns one, none, or a list)."""
         if segment is None:
             return
-        self.stats.segments += 1
-        self.stats.frames_segmented += segment.frames.shape[0]
-        self.on_segment(segment)
+        for seg in segment if isinstance(segment, list) else [segment]:
+            self.stats.segments += 1
+            self.stats.frames_segmented += seg.frames.shape[0]
+            self.on_segment(seg)
 
     def _consume(self, start: float) -> None:
         bar = _Progress(self, start) if self.progress else None
@@ -356,6 +361,9 @@ class IngestPipeline:
                 first_t = t if first_t is None else first_t
                 self.stats.media_seconds = t - first_t
                 self._deliver(self.segmenter.push(t, frame))
+                idle = getattr(self.segmenter, "idle", None)
+                if idle is not None and self._queue.empty():  # nothing waiting: encode what is pending now
+                    self._deliver(idle())
                 if bar is not None:
                     bar.update()
                 if self._stop.is_set() and self._queue.empty():
