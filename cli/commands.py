@@ -520,7 +520,19 @@ def _time_range(
 def ask(
     target: Annotated[Path, typer.Argument(help="a memory directory, or a video file (ingested first, cached)")],
     question: Annotated[str, typer.Argument(help="the question")],
-    k: Annotated[int, typer.Option(help="segments to retrieve (>= 1)", callback=CHECKS["positive_int"])] = 4,
+    k: Annotated[
+        int | None,
+        typer.Option(
+            help="at most this many segments (>= 1; default: as many as the token budget covers)",
+            callback=CHECKS["positive_int"],
+        ),
+    ] = None,
+    max_visual_tokens: Annotated[
+        int | None,
+        typer.Option(
+            help="video tokens in the prompt (>= 1; default: half the model's context)", callback=CHECKS["positive_int"]
+        ),
+    ] = None,
     start: Annotated[float | None, typer.Option(help="only after this time (s, >= 0)", callback=CHECKS["time"])] = None,
     end: Annotated[
         float | None, typer.Option(help="only before this time (s; clamped to the recording)", callback=CHECKS["time"])
@@ -551,7 +563,7 @@ def ask(
             settings = resolve_settings(mem, model=model, embedder=embedder).ingest()
             llm, emb = _load_models(settings, device)
             _check_widths(mem, settings, llm, emb)
-            answer = _answer(llm, mem, emb, question, k, max_new_tokens, time_range, streams)
+            answer = _answer(llm, mem, emb, question, k, max_new_tokens, time_range, streams, max_visual_tokens)
         finally:
             mem.close()
     else:
@@ -559,16 +571,31 @@ def ask(
         try:
             streams = _check_stream(wired.memory, stream)
             time_range = _time_range(wired.memory, start, end, streams)
-            answer = _answer(wired.llm, wired.memory, wired.embedder, question, k, max_new_tokens, time_range, streams)
+            answer = _answer(
+                wired.llm,
+                wired.memory,
+                wired.embedder,
+                question,
+                k,
+                max_new_tokens,
+                time_range,
+                streams,
+                max_visual_tokens,
+            )
         finally:
             wired.memory.close()
     console.print(f"[bold]{escape(answer.text)}[/]", soft_wrap=True)
     if answer.segments:
         used = ", ".join(
-            f"{u.stream} {u.start:.1f}-{u.end:.1f}s" + (f" ({u.score:.2f})" if u.score is not None else "")
+            f"{u.stream} {u.start:.1f}-{u.end:.1f}s"
+            + (f" ({u.score:.2f})" if u.score is not None else "")
+            + (f" [{u.tokens}/{u.stored_tokens} tokens]" if u.tokens != u.stored_tokens else "")
             for u in answer.segments
         )
         console.print(f"segments used: {used}", soft_wrap=True)
+        console.print(
+            f"visual tokens: {answer.visual_tokens} of a budget of {answer.max_visual_tokens}", soft_wrap=True
+        )
     t = answer.timings
     console.print(
         f"timings: retrieve {t['retrieve'] * 1e3:.0f} ms, assemble {t['assemble'] * 1e3:.0f} ms, "
@@ -577,10 +604,10 @@ def ask(
     )
 
 
-def _answer(llm, mem, emb, question, k, max_new_tokens, time_range, streams) -> Any:
+def _answer(llm, mem, emb, question, k, max_new_tokens, time_range, streams, max_visual_tokens=None) -> Any:
     from agents.qa import VideoQA
 
-    qa = VideoQA(llm, mem, emb, k=k, max_new_tokens=max_new_tokens)
+    qa = VideoQA(llm, mem, emb, k=k, max_new_tokens=max_new_tokens, max_visual_tokens=max_visual_tokens)
     return qa.ask(question, time_range=time_range, streams=streams)
 
 

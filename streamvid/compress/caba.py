@@ -50,14 +50,18 @@ def spectral_richness(x: torch.Tensor) -> float:
     gram = x @ x.T if m <= d else x.T @ x  # (R, R)
     try:
         eig = torch.linalg.eigvalsh(gram).double()  # fp32 eigen, fp64 entropy
+        eps = torch.finfo(torch.float32).eps
     except torch.linalg.LinAlgError:  # LAPACK can fail to converge on a near-degenerate fp32 Gram
         eig = torch.linalg.eigvalsh(gram.double())
+        eps = torch.finfo(torch.float64).eps
     eig = eig.clamp_min(0.0)
     total = eig.sum()
     if total <= 0:
         return 0.0
-    pi = eig / total
-    pi = pi[pi > 1e-12]  # fp32 round-off on a zero eigenvalue is not spectrum
+    # eigenvalues below the solver's round-off (the usual rank tolerance) are zeros, not spectrum
+    eig = torch.where(eig > eig.max() * rank_bound * eps, eig, torch.zeros_like(eig))
+    pi = eig / eig.sum()
+    pi = pi[pi > 0]
     return float(-(pi * pi.log()).sum() / math.log(rank_bound))
 
 
