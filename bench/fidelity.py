@@ -24,7 +24,7 @@ import torch
 
 from bench.metrics import attention_fidelity, inverse_temperature, rms_normalise, sample_queries, segment_coverage
 from bench.parts import Part
-from bench.report import machine, table
+from bench.report import machine, plot_mean_range, table
 from streamvid.compress import create_compressor, list_compressors
 from streamvid.ingest import read_frames
 from streamvid.types import TokenGrid
@@ -167,12 +167,7 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
     for ax, (key, title) in zip(axes, panels):
         for method in sorted({r["method"] for r in rows}):
             pts = sorted((r["ratio"], r[key]) for r in rows if r["method"] == method)
-            xs = [p[0] * 100 for p in pts]
-            (line,) = ax.plot(xs, [p[1]["mean"] for p in pts], marker="o", label=method)
-            if any(p[1]["max"] > p[1]["min"] for p in pts):
-                ax.fill_between(
-                    xs, [p[1]["min"] for p in pts], [p[1]["max"] for p in pts], alpha=0.2, color=line.get_color()
-                )
+            plot_mean_range(ax, pts, method)
         ax.set_xlabel("retention (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)

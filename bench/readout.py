@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.parts import Part
-from bench.report import machine, table
+from bench.report import machine, plot_mean_range, table
 from streamvid.compress import Compressor, allocate_budgets, create_compressor, list_compressors
 from streamvid.compress.base import finish_segment, nearest_kept_owner
 from streamvid.types import CompressedSegment, TokenGrid
@@ -486,13 +486,8 @@ def plot(result: dict[str, Any], out: Path) -> list[Path]:
     ):
         for label in dict.fromkeys(r["label"] for r in rows):
             pts = sorted((r["ratio"], r["summary"][key]) for r in rows if r["label"] == label)
-            xs = [p[0] * 100 for p in pts]
             style = "--" if any(r["kind"] == "control" for r in rows if r["label"] == label) else "-"
-            (line,) = ax.plot(xs, [p[1]["mean"] for p in pts], style, marker="o", label=label)
-            if any(p[1]["max"] > p[1]["min"] for p in pts):
-                ax.fill_between(
-                    xs, [p[1]["min"] for p in pts], [p[1]["max"] for p in pts], alpha=0.2, color=line.get_color()
-                )
+            plot_mean_range(ax, pts, label, style)
         ax.set_xlabel("retention (%)")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["machine", "table"]
+__all__ = ["machine", "plot_mean_range", "table"]
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
@@ -34,3 +34,12 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     return info
+
+
+def plot_mean_range(ax: Any, pts: list[tuple[float, dict[str, float]]], label: str, style: str = "-") -> None:
+    """One line of ``{"mean", "min", "max"}`` summaries against retention ratios (in %), with the
+    min-max range shaded where seeds or clips disagree. pts: [(ratio, summary)], sorted."""
+    xs = [p[0] * 100 for p in pts]
+    (line,) = ax.plot(xs, [p[1]["mean"] for p in pts], style, marker="o", label=label)
+    if any(p[1]["max"] > p[1]["min"] for p in pts):
+        ax.fill_between(xs, [p[1]["min"] for p in pts], [p[1]["max"] for p in pts], alpha=0.2, color=line.get_color())
