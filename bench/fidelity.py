@@ -16,6 +16,7 @@ same segment) with the provenance rule beside it.
 from __future__ import annotations
 
 import statistics
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,7 @@ import torch
 
 from bench.metrics import attention_fidelity, inverse_temperature, rms_normalise, sample_queries, segment_coverage
 from bench.parts import Part
-from bench.report import machine, plot_mean_range, table
-from streamvid.compress import create_compressor, list_compressors
+from bench.report import machine, method_runs, plot_mean_range, seeded_compressor, table
 from streamvid.ingest import read_frames
 from streamvid.types import TokenGrid
 
@@ -50,10 +50,6 @@ def feature_grid(model: Any, frames: np.ndarray, times: np.ndarray, batch: int =
             grids.append(s5)
             heads.append(torch.nn.functional.normalize(head.mean(dim=(1, 2)), dim=-1))
     return TokenGrid(torch.cat(grids), torch.from_numpy(times).double()), torch.cat(heads)
-
-
-def _takes_seed(method: str) -> bool:
-    return "seed" in type(create_compressor(method)).config_class.model_fields
 
 
 def temperatures(grid: TokenGrid, queries: torch.Tensor) -> dict[float, float]:
@@ -108,17 +104,13 @@ def run_fidelity(
         temps[name] = temperatures(grid, queries[name])
         say(f"features of {name}: {tuple(grid.tokens.shape)}, {queries[name].shape[0]} held-out queries")
     rows = []
-    for ratio in ratios:
-        for method in list_compressors():
-            if method == "keep_all" and ratio != ratios[0]:
-                continue
-            r = 1.0 if method == "keep_all" else ratio
-            seed_list = list(range(seeds)) if _takes_seed(method) else [0]
+    for ratio, plan in groupby(method_runs(ratios, seeds), key=lambda run: run[0]):
+        for _, method, r, seed_list in plan:
             per_clip: dict[str, list[dict[str, float]]] = {}
             for clip, grid in clips.items():
                 per_clip[clip] = []
                 for seed in seed_list:
-                    comp = create_compressor(method, ratio=r, **({"seed": seed} if _takes_seed(method) else {}))
+                    comp = seeded_compressor(method, r, seed)
                     per_clip[clip].append(fidelity_rows(grid, queries[clip], comp.compress(grid), temps[clip]))
             keys = next(iter(per_clip.values()))[0].keys()
             # mean over clips for each seed, then mean and range over the seeds

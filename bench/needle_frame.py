@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,7 @@ import torch
 
 from bench.parts import Part
 from bench.readout import SIZE, WINDOW, agreement, grid_readout, segments_readout
-from bench.report import machine, table
-from streamvid.compress import create_compressor, list_compressors
+from bench.report import machine, method_runs, seeded_compressor, table
 from streamvid.types import CompressedSegment, TokenGrid
 
 __all__ = [
@@ -192,10 +192,6 @@ def planted_clip(
     return np.stack(frames), np.array(times, dtype=np.float64)
 
 
-def _takes_seed(method: str) -> bool:
-    return "seed" in type(create_compressor(method)).config_class.model_fields
-
-
 def run_planted(
     path: Path, ratios: tuple[float, ...] = (0.25, 0.15, 0.10, 0.05), seeds: int = 3, progress: Any = None
 ) -> dict[str, Any]:
@@ -212,16 +208,12 @@ def run_planted(
     full = grid_readout(grid, weight, bias)
     say(f"planted clip: {tuple(grid.tokens.shape)}, {len(PLANTS)} plants")
     rows = []
-    for ratio in ratios:
-        for method in list_compressors():
-            if method == "keep_all" and ratio != ratios[0]:
-                continue
-            r = 1.0 if method == "keep_all" else ratio
-            seed_list = list(range(seeds)) if _takes_seed(method) else [0]
-            runs = []
-            for seed in seed_list:
-                comp = create_compressor(method, ratio=r, **({"seed": seed} if _takes_seed(method) else {}))
-                runs.append(needle_report(grid, comp.compress(grid), masks, weight, bias, full))
+    for ratio, plan in groupby(method_runs(ratios, seeds), key=lambda run: run[0]):
+        for _, method, r, seed_list in plan:
+            runs = [
+                needle_report(grid, seeded_compressor(method, r, seed).compress(grid), masks, weight, bias, full)
+                for seed in seed_list
+            ]
             rows.append({"method": method, "ratio": r, "seeds": seed_list, "runs": runs})
         say(f"planted needles at {ratio:.0%}: done")
     return {

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.parts import Part
-from bench.report import machine, plot_mean_range, table
-from streamvid.compress import Compressor, allocate_budgets, create_compressor, list_compressors
+from bench.report import machine, plot_mean_range, seeded_compressor, table, takes_seed
+from streamvid.compress import Compressor, allocate_budgets, list_compressors
 from streamvid.compress.base import finish_segment, nearest_kept_owner
 from streamvid.types import CompressedSegment, TokenGrid
 
@@ -233,14 +233,10 @@ class Variant:
     saliency: str = "own"
 
 
-def _takes_seed(method: str) -> bool:
-    return "seed" in type(create_compressor(method)).config_class.model_fields
-
-
 def make_compressor(method: str, ratio: float, seed: int = 0) -> Compressor:
     if method == "top_norm":
         return TopNorm(ratio=ratio)
-    return create_compressor(method, ratio=ratio, **({"seed": seed} if _takes_seed(method) else {}))
+    return seeded_compressor(method, ratio, seed)
 
 
 def _saliency(clip: HeadClip, kind: str, seed: int) -> torch.Tensor | None:
@@ -275,7 +271,7 @@ def variants(
     """
     many = tuple(range(seeds))
     noise = tuple(range(seeds if control_seeds is None else control_seeds))
-    rows = [Variant(m, m, "method", many if _takes_seed(m) else (0,)) for m in methods]
+    rows = [Variant(m, m, "method", many if takes_seed(m) else (0,)) for m in methods]
     rows.append(Variant("top_norm (control)", "top_norm", "control"))
     for m in saliency_users:
         rows.append(Variant(f"{m} + random saliency", m, "control", noise, "random"))

@@ -1,4 +1,4 @@
-"""Shared pieces of benchmark reports: markdown tables and the machine a run ran on."""
+"""Shared pieces of benchmark runs and reports: the method x ratio x seed plan, markdown tables, the machine."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["machine", "plot_mean_range", "table"]
+from streamvid.compress import Compressor, create_compressor, list_compressors
+
+__all__ = ["machine", "method_runs", "plot_mean_range", "seeded_compressor", "table", "takes_seed"]
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
@@ -43,3 +45,28 @@ def plot_mean_range(ax: Any, pts: list[tuple[float, dict[str, float]]], label: s
     (line,) = ax.plot(xs, [p[1]["mean"] for p in pts], style, marker="o", label=label)
     if any(p[1]["max"] > p[1]["min"] for p in pts):
         ax.fill_between(xs, [p[1]["min"] for p in pts], [p[1]["max"] for p in pts], alpha=0.2, color=line.get_color())
+
+
+def takes_seed(method: str) -> bool:
+    """Whether a registered compressor draws random numbers (its config has a ``seed``)."""
+    return "seed" in type(create_compressor(method)).config_class.model_fields
+
+
+def seeded_compressor(method: str, ratio: float, seed: int = 0) -> Compressor:
+    """A registered compressor at ``ratio``, with ``seed`` when it takes one."""
+    return create_compressor(method, ratio=ratio, **({"seed": seed} if takes_seed(method) else {}))
+
+
+def method_runs(ratios: tuple[float, ...], seeds: int) -> list[tuple[float, str, float, list[int]]]:
+    """Every registered compressor at every ratio: (ratio asked, method, ratio run, seeds to run).
+
+    keep_all runs once (at ratio 1.0, with the first ratio); seeded methods get ``seeds`` seeds.
+    """
+    plan = []
+    for ratio in ratios:
+        for method in list_compressors():
+            if method == "keep_all" and ratio != ratios[0]:
+                continue
+            r = 1.0 if method == "keep_all" else ratio
+            plan.append((ratio, method, r, list(range(seeds)) if takes_seed(method) else [0]))
+    return plan

@@ -172,3 +172,16 @@ def test_dropping_the_only_distinct_content_lowers_low_coverage():
     assert coverage(full, kept_with, owner) == pytest.approx((mean_w, p5_w), abs=1e-6)
     # a merge that put the rare tokens under the common one is penalised
     assert coverage(full, kept_with, torch.zeros(40, dtype=torch.long))[1] < 0.5
+
+
+def test_the_method_plan_runs_every_compressor_keep_all_once_and_seeds_only_where_they_matter():
+    from bench.report import method_runs, seeded_compressor
+    from streamvid.compress import list_compressors
+
+    plan = method_runs((0.25, 0.1), seeds=3)
+    assert [(r, m) for r, m, _, _ in plan if m == "keep_all"] == [(0.25, "keep_all")]
+    assert {m for _, m, _, _ in plan} == set(list_compressors())
+    assert all(run == 1.0 for _, m, run, _ in plan if m == "keep_all")
+    seeds = {m: s for _, m, _, s in plan}
+    assert seeds["random"] == [0, 1, 2] and seeds["infomerge"] == [0]
+    assert seeded_compressor("random", 0.1, seed=2).config.seed == 2
