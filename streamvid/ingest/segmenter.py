@@ -42,6 +42,14 @@ def thumbnail_feature(frame: np.ndarray, size: int = 16) -> torch.Tensor:
     return (x / 255.0 - 0.5).flatten()
 
 
+def _cut_rule(tau_seg: float, min_len: int, max_len: int) -> CutRule:
+    """The streaming cut rule, or a ConfigError that names the bad option."""
+    try:
+        return CutRule(tau_seg=tau_seg, min_len=min_len, max_len=max_len)
+    except ValidationError as err:
+        raise ConfigError(f"bad segmenter options: {err}") from None
+
+
 class StreamingSegmenter:
     """Push frames one at a time; get back each Segment as it closes."""
 
@@ -54,10 +62,7 @@ class StreamingSegmenter:
         feature: Callable[[np.ndarray], torch.Tensor] = thumbnail_feature,
         stream_id: str = "default",
     ) -> None:
-        try:
-            self.rule = CutRule(tau_seg=tau_seg, min_len=min_len, max_len=max_len)
-        except ValidationError as err:
-            raise ConfigError(f"bad segmenter options: {err}") from None
+        self.rule = _cut_rule(tau_seg, min_len, max_len)
         self.feature = feature
         self.stream_id = stream_id
         self._frames: list[np.ndarray] = []
@@ -145,10 +150,7 @@ class EncoderSegmenter:
         prefilter: bool = False,
         stream_id: str = "default",
     ) -> None:
-        try:
-            self.rule = CutRule(tau_seg=tau_seg, min_len=min_len, max_len=max_len)
-        except ValidationError as err:
-            raise ConfigError(f"bad segmenter options: {err}") from None
+        self.rule = _cut_rule(tau_seg, min_len, max_len)
         if micro_batch < 1 or frames_per_step < 1:
             raise ConfigError("micro_batch and frames_per_step must be >= 1")
         self.encode = encode
