@@ -27,7 +27,7 @@ from agents.timeparse import parse_time_range
 from memory import SegmentInfo, TokenMemory
 from streamvid.clock import format_clock
 from streamvid.compress.caba import allocate_budgets
-from streamvid.compress.remerge import remerge
+from streamvid.compress.remerge import remerge_many
 from streamvid.embedders import Embedder
 from streamvid.errors import BudgetError, ConfigError
 from streamvid.models.base import VideoLLM
@@ -390,9 +390,9 @@ class VideoQA:
                 info, score = live[i - n_open]
                 seg = fetched[info.id]
                 info_used = _used(info, score, plan[i])
-            segments.append(remerge(seg, plan[i]) if plan[i] < seg.budget else seg)
+            segments.append(seg)
             used.append(info_used)
-        return segments, used
+        return remerge_many(segments, [plan[i] for i in chosen]), used
 
     @staticmethod
     def _nothing(time_range: tuple[float, float] | None, evicted: list[UsedSegment]) -> str:

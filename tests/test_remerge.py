@@ -4,6 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamvid import BudgetError, create_compressor, remerge
+from streamvid.compress.remerge import remerge_many
 from streamvid.types import TokenGrid
 
 
@@ -70,3 +71,29 @@ def test_remerge_identity_and_errors():
     assert remerge(seg, seg.budget + 10) is seg
     with pytest.raises(BudgetError, match="at least 1"):
         remerge(seg, 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 1000), fracs=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=6))
+def test_remerge_many_equals_one_by_one(seed, fracs):
+    """The batched rounds give exactly what remerge() gives per segment: tokens, sizes,
+    positions, times and composed provenance (segments of different lengths, some already fitting)."""
+    segs = [compressed(ratio=0.1 + 0.1 * (k % 4), seed=seed + k, frames=4 + 3 * k) for k in range(len(fracs))]
+    budgets = [1 + round(f * (s.budget + 2)) for s, f in zip(segs, fracs)]  # some above the stored count
+    batched = remerge_many(segs, budgets)
+    for seg, budget, got in zip(segs, budgets, batched):
+        want = remerge(seg, budget)
+        assert got.budget == want.budget == min(budget, seg.budget)
+        assert torch.allclose(got.tokens, want.tokens, atol=1e-5)
+        assert torch.equal(got.sizes, want.sizes)
+        assert torch.equal(got.positions, want.positions) and torch.equal(got.times, want.times)
+        assert torch.equal(got.owner, want.owner)
+
+
+def test_remerge_many_checks_its_budgets():
+    seg = compressed()
+    with pytest.raises(BudgetError):
+        remerge_many([seg], [0])
+    with pytest.raises(BudgetError):
+        remerge_many([seg, seg], [3])
+    assert remerge_many([seg], [seg.budget])[0] is seg

@@ -6,6 +6,9 @@ order; each token of set A proposes its most cosine-similar token of set B; the
 most similar proposals merge). Merges are size-weighted averages; sizes add; the
 merged token keeps the position and time of its largest member (the earlier one
 on ties), so provenance survives.
+
+:func:`remerge_many` runs the same rounds for many segments at once (padded into one
+batch), which is what a question that shows dozens of segments at a coarse grain needs.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch.nn.functional as F
 from streamvid.errors import BudgetError
 from streamvid.types import CompressedSegment
 
-__all__ = ["remerge", "merge_step"]
+__all__ = ["remerge", "remerge_many", "merge_step"]
 
 
 def merge_step(
@@ -96,4 +99,129 @@ def remerge(segment: CompressedSegment, budget: int) -> CompressedSegment:
         positions=positions,
         times=times,
         owner=owner,
+    )
+
+
+def remerge_many(segments: list[CompressedSegment], budgets: list[int]) -> list[CompressedSegment]:
+    """``[remerge(s, b) for s, b in zip(segments, budgets)]``, computed as one padded batch per round.
+
+    The rounds, tie rules and provenance are those of :func:`remerge` (tested equal); the
+    batch runs on the segments' device. Segments of another width than the first are
+    re-merged one by one.
+    """
+    if len(segments) != len(budgets):
+        raise BudgetError(f"remerge_many got {len(segments)} segments but {len(budgets)} budgets; give one budget each")
+    for b in budgets:
+        if b < 1:
+            raise BudgetError(f"cannot re-merge a segment to {b} tokens; keep at least 1 or evict the segment")
+    out = list(segments)
+    todo = [i for i, (s, b) in enumerate(zip(segments, budgets)) if s.budget > b]
+    if not todo:
+        return out
+    dim = segments[todo[0]].dim
+    for i in [i for i in todo if segments[i].dim != dim]:
+        out[i] = remerge(segments[i], budgets[i])
+    todo = [i for i in todo if segments[i].dim == dim]
+    if len(todo) == 1:
+        out[todo[0]] = remerge(segments[todo[0]], budgets[todo[0]])
+        return out
+    batch = [segments[i] for i in todo]
+    device = batch[0].tokens.device
+    count_s, m = len(batch), max(s.budget for s in batch)
+    x = torch.zeros(count_s, m, dim, device=device)
+    sizes = torch.zeros(count_s, m, dtype=torch.long, device=device)
+    order_key = torch.zeros(count_s, m, dtype=torch.long, device=device)
+    for j, seg in enumerate(batch):
+        n = seg.budget
+        h, w = seg.grid_size
+        pos = seg.positions.to(device)
+        x[j, :n] = seg.tokens.to(device).float()
+        sizes[j, :n] = seg.sizes.to(device)
+        order_key[j, :n] = (pos[:, 0] * h + pos[:, 1]) * w + pos[:, 2]
+    length = torch.tensor([s.budget for s in batch], device=device)
+    target = torch.tensor([budgets[i] for i in todo], device=device)
+    origin = torch.arange(m, device=device).expand(count_s, m).clone()  # input token behind each slot
+    owners = [s.owner for s in batch]
+    while bool((length > target).any()):
+        count = torch.minimum(length - target, length // 2).clamp(min=0)
+        x, sizes, order_key, origin, length, destination = _merge_round(x, sizes, order_key, origin, length, count)
+        for j, owner in enumerate(owners):
+            if owner is not None and int(count[j]) > 0:
+                owners[j] = destination[j][owner.to(device)].cpu()
+    lengths = length.tolist()
+    for j, (i, seg) in enumerate(zip(todo, batch)):
+        n = lengths[j]
+        keep = origin[j, :n].cpu()
+        out[i] = seg.with_tokens(
+            tokens=x[j, :n].to(seg.tokens.dtype),
+            sizes=sizes[j, :n].cpu(),
+            positions=seg.positions[keep],
+            times=seg.times[keep],
+            owner=owners[j],
+        )
+    return out
+
+
+def _merge_round(
+    x: torch.Tensor,
+    sizes: torch.Tensor,
+    order_key: torch.Tensor,
+    origin: torch.Tensor,
+    length: torch.Tensor,
+    count: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """One :func:`merge_step` for every row of a padded batch (row j: ``length[j]`` valid
+    tokens, ``count[j]`` merged away), then back to temporal order; returns the new
+    (x, sizes, order_key, origin, length) and ``destination`` [S, m] (new slot of every old one)."""
+    count_s, m, dim = x.shape
+    device = x.device
+    slot = torch.arange(m, device=device)
+    valid = slot[None, :] < length[:, None]  # (S, m)
+    xn = F.normalize(x, dim=-1)
+    sim = xn[:, 0::2] @ xn[:, 1::2].transpose(1, 2)  # (S, na, nb)
+    sim = sim.masked_fill(~valid[:, None, 1::2], -torch.inf)
+    best_sim, best_b = sim.max(dim=2)  # (S, na)
+    best_sim = best_sim.masked_fill(~valid[:, 0::2], -torch.inf)
+    ranked = torch.argsort(best_sim, dim=1, descending=True, stable=True)  # (S, na)
+    take = torch.arange(ranked.shape[1], device=device)[None, :] < count[:, None]
+    rows = torch.arange(count_s, device=device)[:, None].expand_as(ranked)[take]
+    a_rows = ranked[take]
+    src = rows * m + 2 * a_rows  # flat index of tokens merged away
+    dst = rows * m + 2 * best_b[rows, a_rows] + 1  # flat index of tokens they join
+
+    flat_sizes = sizes.reshape(-1)
+    sums = x.reshape(-1, dim).double() * flat_sizes.double()[:, None]
+    sums.index_add_(0, dst, sums[src])
+    new_sizes = flat_sizes.clone().index_add_(0, dst, flat_sizes[src])
+    key_max = order_key.masked_fill(~valid, 0).amax(dim=1, keepdim=True)  # per row, as merge_step
+    score = (sizes.double() - order_key.double() / (key_max.double() + 1)).reshape(-1)
+    group_best = score.clone().scatter_reduce_(0, dst, score[src], reduce="amax")
+    rep = torch.arange(count_s * m, device=device)
+    winner = score[src] == group_best[dst]
+    rep[dst[winner]] = src[winner]
+
+    alive = valid.reshape(-1).clone()
+    alive[src] = False
+    rep_key = order_key.reshape(-1)[rep]
+    sort_key = torch.where(alive, rep_key, torch.iinfo(torch.long).max).reshape(count_s, m)
+    # kept tokens in input order, then by their representative's time (stable), as in remerge()
+    order = torch.argsort(sort_key, dim=1, stable=True)
+    new_length = alive.reshape(count_s, m).sum(dim=1)
+    new_m = int(new_length.max())
+    order = order[:, :new_m]
+    flat_order = (torch.arange(count_s, device=device)[:, None] * m + order).reshape(-1)
+    tokens = (sums[flat_order] / new_sizes[flat_order].double()[:, None]).float().reshape(count_s, new_m, dim)
+    tokens = tokens.masked_fill((slot[None, :new_m] >= new_length[:, None])[..., None], 0.0)  # clean padding
+    new_slot = torch.full((count_s * m,), -1, dtype=torch.long, device=device)
+    new_slot[flat_order] = torch.arange(new_m, device=device).repeat(count_s)
+    new_slot[src] = new_slot[dst]
+    rep_slot = rep[flat_order] % m
+    gather_rows = torch.arange(count_s, device=device)[:, None]
+    return (
+        tokens,
+        new_sizes[flat_order].reshape(count_s, new_m),
+        rep_key[flat_order].reshape(count_s, new_m),
+        origin[gather_rows, rep_slot.reshape(count_s, new_m)],
+        new_length,
+        new_slot.reshape(count_s, m),
     )

@@ -301,8 +301,16 @@ class VideoLLM(ABC):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def timestamp_ids(self, segment: SegmentLike) -> list[int]:
-        """The short text put before each segment: its start time, '[m:ss] ' (or '[h:mm:ss] ')."""
-        return self._ids(f"[{format_clock(segment.start_time)}] ")
+        """The short text put before each segment: its start time, '[m:ss] ' (or '[h:mm:ss] ').
+
+        Memoised per adapter: a budgeted question measures the layout of dozens of segments."""
+        text = f"[{format_clock(segment.start_time)}] "
+        cache = self.__dict__.setdefault("_timestamp_cache", {})
+        if text not in cache:
+            if len(cache) >= 65536:
+                cache.clear()
+            cache[text] = self._ids(text)
+        return list(cache[text])
 
     def embed(self, ids: Sequence[int]) -> torch.Tensor:
         """[n] token ids -> [n, H] input embeddings."""
