@@ -61,10 +61,76 @@ def synthetic_segment(
 
 
 def unit_keys(count: int, seed: int) -> np.ndarray:
+    """Isotropic keys: 64 random centres plus isotropic noise (each seed its own centres). The
+    worst case for a graph index: every direction matters equally, so near neighbours are near-ties."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(64, KEY_DIM))
     keys = centers[rng.integers(0, 64, count)] + 0.5 * rng.normal(size=(count, KEY_DIM))
     return (keys / np.linalg.norm(keys, axis=1, keepdims=True)).astype(np.float32)
+
+
+def embedding_keys(count: int, seed: int, *, scenes: int = 64, alpha: float = 1.0, chunk: int = 50_000) -> np.ndarray:
+    """Keys shaped like image embeddings: around ``scenes`` scene centres, with the variance of the
+    i-th principal direction falling as ``i^-alpha`` (image embeddings have such a decaying
+    spectrum; ``alpha = 1`` is a mild decay). The centres and directions are fixed, so keys drawn
+    with another ``seed`` are new moments like the stored ones: that is how queries are drawn."""
+    basis_rng = np.random.default_rng(12345)
+    basis = np.linalg.qr(basis_rng.normal(size=(KEY_DIM, KEY_DIM)))[0].astype(np.float32)  # (d, d)
+    scale = np.arange(1, KEY_DIM + 1, dtype=np.float64) ** (-alpha)
+    scale = np.sqrt(scale / scale.sum()).astype(np.float32)  # (d,)
+    centres = (basis_rng.normal(size=(scenes, KEY_DIM)) / np.sqrt(KEY_DIM)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out = np.empty((count, KEY_DIM), dtype=np.float32)
+    for a in range(0, count, chunk):
+        n = min(chunk, count - a)
+        z = rng.standard_normal((n, KEY_DIM), dtype=np.float32) * scale
+        keys = centres[rng.integers(0, scenes, n)] + z @ basis.T
+        out[a : a + n] = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+    return out
+
+
+def exact_top(keys: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    """Exact top-k row indices by inner product (batched FAISS Flat scan): (q, k)."""
+    import faiss
+
+    flat = faiss.IndexFlatIP(keys.shape[1])
+    flat.add(keys)
+    return flat.search(queries, k)[1]
+
+
+def _single_query_latency(index: Any, queries: np.ndarray, k: int = 10) -> dict[str, float]:
+    index.search(queries[:1], k)
+    lat = []
+    for vec in queries:
+        t0 = time.perf_counter()
+        index.search(vec[None], k)
+        lat.append((time.perf_counter() - t0) * 1e3)
+    return {"p50_ms": statistics.median(lat), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def bench_index(count: int, queries: int = 1000) -> dict[str, Any]:
+    """The memory's HNSW key index alone (the same :class:`~memory.index.KeyIndex`, factory and
+    efSearch the memory switches to), filled in bulk: for sizes whose one-by-one adds through the
+    writer would take hours here (10^6). Recall@10 on embedding-shaped and on isotropic keys."""
+    from memory.index import HNSW, KeyIndex
+
+    out: dict[str, Any] = {"segments": count, "factory": HNSW, "key_dim": KEY_DIM}
+    for label, keys, q in (
+        ("embedding", embedding_keys(count, seed=1), embedding_keys(queries, seed=2)),
+        ("isotropic", unit_keys(count, seed=count), unit_keys(queries, seed=1)),
+    ):
+        index = KeyIndex(KEY_DIM, HNSW, use_gpu=False)
+        t0 = time.perf_counter()
+        index.add(keys, np.arange(count, dtype=np.int64))
+        build = time.perf_counter() - t0
+        found = index.search(q, 10)[1]
+        out[label] = {
+            "build_seconds": build,
+            **_single_query_latency(index, q),
+            "recall_at_10": recall_at(found, exact_top(keys, q)),
+        }
+        del index
+    return out
 
 
 def rss_mb() -> float:
@@ -96,29 +162,35 @@ def _index_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.glob("index.*.faiss"))
 
 
-def bench_search(root: Path, count: int, queries: int = 1000) -> dict[str, Any]:
-    """Search p50/p99 at ``count`` segments with the default index ("auto") and the exact Flat
-    scan; recall@10 of the default against exact search; RSS and index size at 10% and 100%."""
+def bench_search(root: Path, count: int, queries: int = 1000, progress: Any = None) -> dict[str, Any]:
+    """Search p50/p99 at ``count`` segments through the memory with its default index ("auto":
+    HNSW past 20,000 keys) and with the exact Flat scan; recall@10 of the default against exact
+    search, for queries drawn like the keys (:func:`embedding_keys`); RSS and index size at 10%
+    and 100%; beside it the same index on isotropic keys (:func:`unit_keys`), the worst case."""
+    say = progress.log if progress is not None else (lambda *_: None)
     path = root / f"search-{count}"
-    keys = unit_keys(count, seed=count)
+    keys = embedding_keys(count, seed=1)
     shutil.rmtree(path, ignore_errors=True)
     rss: dict[str, float] = {}
+    chunk = max(1, min(10_000, count // 10))
     t0 = time.perf_counter()
     with TokenMemory(path, cap_tokens=10**9, index_save_every=10**9) as mem:
-        for i in range(count):
-            mem.add(synthetic_segment(i, 1, 1, 8, grid=(1, 1)), keys[i])
-            if i + 1 == count // 10:
+        for a in range(0, count, chunk):
+            segs = [synthetic_segment(i, 1, 1, 8, grid=(1, 1)) for i in range(a, min(count, a + chunk))]
+            mem.add_many(segs, keys[a : a + len(segs)])
+            if a + len(segs) == count // 10:
                 mem.wait_for_index()
                 mem._save_index()
                 rss["tenth"], rss["tenth_index_bytes"] = rss_mb(), _index_bytes(path)
+            say(f"search bench: {a + len(segs)}/{count} segments added")
         added = time.perf_counter() - t0
         mem.wait_for_index()
         build = time.perf_counter() - t0
         mem._save_index()
         rss["full"], rss["full_index_bytes"] = rss_mb(), _index_bytes(path)
         default_factory = mem.index_factory
-    q = unit_keys(queries, seed=1)
-    exact = np.argsort(-(q @ keys.T), axis=1)[:, :10]  # ids are 0..count-1 in key order
+    q = embedding_keys(queries, seed=2)
+    exact = exact_top(keys, q)  # ids are 0..count-1 in key order
     out: dict[str, Any] = {"segments": count, "add_seconds": added, "build_seconds": build, "key_dim": KEY_DIM}
     out["rss_mb"] = rss
     for label, opts in (("default", {}), ("exact", {"index_factory": "IDMap2,Flat"})):
@@ -131,6 +203,9 @@ def bench_search(root: Path, count: int, queries: int = 1000) -> dict[str, Any]:
             row["recall_at_10"] = recall_at(found, exact)
         out[label] = row
     out["default"]["factory"] = default_factory
+    if default_factory != "IDMap2,Flat":
+        iso = bench_index(count, queries)["isotropic"]
+        out["isotropic_recall_at_10"], out["isotropic_p50_ms"] = iso["recall_at_10"], iso["p50_ms"]
     return out
 
 
@@ -248,18 +323,24 @@ def run_memory_benchmark(
     root: Path | None = None,
     progress: Any = None,
     dtype_seconds: int = 1200,
+    index_sizes: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """Search at each size (the default index and exact Flat), bytes per camera-hour for each token
-    dtype, rebalance at ``rebalance_segments``, ``hours`` of 1 fps. (10^6 segments are not run: adding
-    them one at a time through the writer takes hours on this CPU.)"""
+    """Search at each size through the memory (the default index and exact Flat), the key index
+    alone at ``index_sizes`` (10^6: adding that many segments one transaction at a time through
+    the writer would take hours on this CPU), bytes per camera-hour for each token dtype,
+    rebalance at ``rebalance_segments``, ``hours`` of 1 fps."""
     say = progress.log if progress is not None else (lambda *_: None)
     root = root or Path(tempfile.mkdtemp(prefix="streamvid-membench-"))
     root.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus", "torch": torch.__version__}
     report["search"] = []
     for n in search_sizes:
-        report["search"].append(bench_search(root, n))
+        report["search"].append(bench_search(root, n, progress=progress))
         say(f"search at {n} segments: done")
+    report["index_only"] = []
+    for n in index_sizes:
+        report["index_only"].append(bench_index(n))
+        say(f"index alone at {n} keys: done")
     report["dtypes"] = bench_dtypes(root, seconds=dtype_seconds)
     say("token dtypes: done")
     report["rebalance"] = bench_rebalance(root, rebalance_segments, 20, 896)
@@ -275,6 +356,7 @@ def run(profile: Any, progress: Any = None) -> dict[str, Any]:
         profile.memory_hours,
         progress=progress,
         dtype_seconds=getattr(profile, "memory_dtype_seconds", 1200),  # not a profile field (yet)
+        index_sizes=getattr(profile, "memory_index_sizes", ()),
     )
 
 
@@ -290,12 +372,25 @@ def summary(report: dict[str, Any]) -> list[str]:
                 f"p99 {r['plain']['p99_ms']:.3f} ms; time-filtered p50 {r['time_filter']['p50_ms']:.3f} ms, "
                 f"p99 {r['time_filter']['p99_ms']:.3f} ms; recall@10 {r['recall_at_10']:.4f}"
             )
+        if "isotropic_recall_at_10" in row:
+            lines.append(
+                f"search @ {row['segments']:>6} segments, same index on isotropic keys (worst case): "
+                f"p50 {row['isotropic_p50_ms']:.3f} ms, recall@10 {row['isotropic_recall_at_10']:.4f}"
+            )
         m = row["rss_mb"]
         lines.append(
             f"RSS @ {row['segments'] // 10} -> {row['segments']} segments: {m['tenth']:.0f} -> {m['full']:.0f} MB; "
             f"index files {m['tenth_index_bytes'] / 2**20:.1f} -> {m['full_index_bytes'] / 2**20:.1f} MiB; "
             f"adds {row['add_seconds']:.1f} s, index ready {row['build_seconds']:.1f} s"
         )
+    for row in report.get("index_only", []):
+        for label in ("embedding", "isotropic"):
+            r = row[label]
+            lines.append(
+                f"index alone @ {row['segments']} keys, {row['factory']}, {label} keys: built in "
+                f"{r['build_seconds']:.1f} s; p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms; "
+                f"recall@10 {r['recall_at_10']:.4f}"
+            )
     if "dtypes" in report:
         d = report["dtypes"]
         for dtype in ("float16", "int8", "int4"):
@@ -338,6 +433,13 @@ def markdown(result: dict[str, Any], images: str) -> str:
                     f"{r['time_filter']['p50_ms']:.3f}",
                     f"{r['recall_at_10']:.4f}",
                 ]
+            )
+    for s in result.get("index_only", []):
+        for label in ("embedding", "isotropic"):
+            r = s[label]
+            rows.append(
+                [s["segments"], f"index alone ({s['factory']}), {label} keys", f"{r['p50_ms']:.3f}",
+                 f"{r['p99_ms']:.3f}", "", f"{r['recall_at_10']:.4f}"]
             )
     rb, h = result["rebalance"], result["hours"]
     rss = [p["rss_mb"] for p in h["rss"]]

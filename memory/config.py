@@ -29,7 +29,7 @@ class MemoryConfig(BaseModel):
     (groups of 32 values, see memory/quant.py); reads dequantize to float16. index_factory: "auto" (the default)
     or any FAISS factory string whose outer layer maps ids (``IDMap2,...``). "auto" follows the
     memory's size: an exact ``IDMap2,Flat`` scan while it holds fewer than ``index_switch_at``
-    (20,000) keys; past that, the writer builds ``IDMap2,HNSW32,Flat`` (efSearch 128) in a
+    (20,000) keys; past that, the writer builds ``IDMap2,HNSW32,Flat`` (efSearch 256) in a
     background thread and swaps it in (memory/index.py); the choice is recorded in the manifest
     (meta ``index_factory``) and is :attr:`TokenMemory.index_factory`.
     tau/alpha/beta: CABA constants. recency_half_life_s: optional recency weighting

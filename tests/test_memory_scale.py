@@ -19,6 +19,7 @@ from test_memory import check_consistent, key
 from memory import TokenMemory
 from memory.index import FLAT, HNSW
 from memory.quant import INT4_GROUP, dequantize, quantize, vector_bytes
+from streamvid.errors import ShapeError
 
 # -- quantize -> dequantize against slow loop references ---------------------------------------
 
@@ -286,3 +287,72 @@ def test_sigkill_during_index_migration_leaves_a_memory_that_opens_and_searches(
             assert mem.wait_for_index(timeout=60) and mem.index_factory == HNSW
             assert mem.search(key(5), k=1)[0][0].segment.id == 5
             check_consistent(mem)
+
+
+# -- many segments at once -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cap", [10**6, 150])
+def test_add_many_equals_adding_one_by_one(tmp_path, cap):
+    """Same ids, same manifest rows, same tokens, same search hits as add() in a loop; past the cap
+    (150 tokens for 12 segments of 20) the rest go through the cap's rebalancing as add() does."""
+    segs = [make_segment(20, seed=i, start=4.0 * i, index=i) for i in range(12)]
+    keys = torch.stack([key(i) for i in range(12)])
+    opts = {"cap_tokens": cap}
+    with TokenMemory(tmp_path / "one", **opts) as one, TokenMemory(tmp_path / "many", **opts) as many:
+        ids_one = [one.add(s, k, source="cam.mp4") for s, k in zip(segs, keys)]
+        ids_many = many.add_many(segs, keys, source="cam.mp4")
+        assert ids_many == ids_one
+        for mem in (one, many):
+            check_consistent(mem)
+        assert many.tokens_held == one.tokens_held <= cap
+        assert many.timeline() == one.timeline()
+        for a, b in zip(one.get(ids_one), many.get(ids_many)):
+            assert torch.equal(a.tokens, b.tokens) and torch.equal(a.sizes, b.sizes)
+        q = keys[3] + 0.1 * keys[7]
+        assert [h.segment.id for h in many.search(q, k=5)[0]] == [h.segment.id for h in one.search(q, k=5)[0]]
+        assert many.source_progress("cam", "cam.mp4").last_time == one.source_progress("cam", "cam.mp4").last_time
+        expected = [(i.id, i.tokens, i.evicted) for i in many.timeline()]
+    with TokenMemory(tmp_path / "many", read_only=True) as reopened:  # durable once add_many returns
+        assert [(i.id, i.tokens, i.evicted) for i in reopened.timeline()] == expected
+
+
+def test_add_many_rejects_bad_input_before_writing(tmp_path):
+    segs = [make_segment(5, seed=i, index=i) for i in range(3)]
+    with TokenMemory(tmp_path / "m", cap_tokens=1000) as mem:
+        mem.add(segs[0], key(0))
+        with pytest.raises(ShapeError):
+            mem.add_many(segs, torch.stack([key(1), key(2)]))  # one key short
+        bad = torch.stack([key(1), key(2), key(3)])
+        bad[1, 0] = float("nan")
+        with pytest.raises(ShapeError):
+            mem.add_many(segs, bad)
+        assert mem.stats().segments_live == 1
+
+
+def test_single_query_graph_search_leaves_the_thread_count_as_it_was():
+    """One-thread graph walks for single queries, from many threads at once, give the same hits as
+    a batched search and leave FAISS's process-wide OpenMP thread count as it was."""
+    import faiss
+
+    from memory.index import KeyIndex
+
+    rng = np.random.default_rng(0)
+    keys = rng.normal(size=(3000, 16)).astype(np.float32)
+    index = KeyIndex(16, HNSW, use_gpu=False)
+    index.add(keys, np.arange(3000))
+    queries = rng.normal(size=(64, 16)).astype(np.float32)
+    before = faiss.omp_get_max_threads()
+    batched = index.search(queries, 5)[1]  # 64 queries: the parallel path
+    results: dict[int, np.ndarray] = {}
+
+    def one(i: int) -> None:
+        results[i] = index.search(queries[i], 5)[1][0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert faiss.omp_get_max_threads() == before
+    assert np.array_equal(np.stack([results[i] for i in range(64)]), batched)
