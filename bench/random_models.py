@@ -30,11 +30,16 @@ __all__ = [
     "SPECIALS",
     "bpe_tokenizer",
     "build_llava_with_lm",
+    "build_qwen3_with_lm",
+    "qwen3_shape",
     "make_tokenizer",
     "qwen2_shape",
     "siglip_so400m_encoder",
     "tiny_llava",
+    "tiny_llava_video",
     "tiny_qwen",
+    "tiny_qwen3_5",
+    "tiny_qwen3_vl",
     "tiny_siglip",
     "tiny_siglip_vision",
 ]
@@ -131,6 +136,42 @@ def tiny_llava(root: Path) -> Path:
     return root
 
 
+def tiny_llava_video(root: Path) -> Path:
+    """A LLaVA-Video-shaped checkpoint (llava-hf/LLaVA-Video-7B-Qwen2-hf: model_type
+    ``llava_onevision``, SigLIP tower without its head, features from the second-to-last layer,
+    an odd patch grid (27 x 27 there, 5 x 5 here) pooled 2 x 2 to ceil(27 / 2) = 14 (here 3))."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    torch.manual_seed(0)
+    tok = make_tokenizer()
+    config = LlavaOnevisionConfig(
+        text_config={"model_type": "qwen2", **_text_config(len(tok), tok.eos_token_id)},
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            image_size=70,
+            patch_size=14,
+            vision_use_head=False,
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(root)
+    tok.save_pretrained(root)
+    (root / "preprocessor_config.json").write_text(
+        json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "rescale_factor": 1 / 255})
+    )
+    return root
+
+
 def tiny_qwen(root: Path) -> Path:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -179,6 +220,107 @@ def tiny_qwen(root: Path) -> Path:
         )
     )
     return root
+
+
+def _qwen3_ids(tok: Any) -> dict[str, int]:
+    return dict(
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+
+
+def _qwen3_vision(out: int, **extra: Any) -> dict[str, Any]:
+    return dict(
+        depth=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=out,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        num_position_embeddings=64,
+        **extra,
+    )
+
+
+def _save_qwen3(model: Any, tok: Any, root: Path) -> Path:
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(root)
+    tok.save_pretrained(root)
+    (root / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "min_pixels": 64 * 64,
+                "max_pixels": 128 * 128,
+                "patch_size": 16,
+                "merge_size": 2,
+                "temporal_patch_size": 2,
+            }
+        )
+    )
+    return root
+
+
+def tiny_qwen3_vl(root: Path) -> Path:
+    """Qwen3-VL with DeepStack from two of its three vision layers (into LM layers 0 and 1)."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    tok = make_tokenizer()
+    text = _text_config(len(tok), tok.eos_token_id)
+    config = Qwen3VLConfig(
+        text_config={
+            "model_type": "qwen3_vl_text",
+            **text,
+            "head_dim": 16,
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [2, 3, 3],
+                "mrope_interleaved": True,
+                "rope_theta": 10000.0,
+            },
+        },
+        vision_config=_qwen3_vision(text["hidden_size"], deepstack_visual_indexes=[0, 1]),
+        **_qwen3_ids(tok),
+    )
+    return _save_qwen3(Qwen3VLForConditionalGeneration(config).eval(), tok, root)
+
+
+def tiny_qwen3_5(root: Path) -> Path:
+    """Qwen3.5 with hybrid attention: 3 Gated-DeltaNet (linear) layers and 1 full-attention layer."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    tok = make_tokenizer()
+    text = {**_text_config(len(tok), tok.eos_token_id), "num_hidden_layers": 4}
+    config = Qwen3_5Config(
+        text_config={
+            "model_type": "qwen3_5_text",
+            **text,
+            "head_dim": 16,
+            "linear_conv_kernel_dim": 4,
+            "linear_key_head_dim": 16,
+            "linear_value_head_dim": 16,
+            "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4,
+            "layer_types": ["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+            "rope_parameters": {
+                "rope_type": "default",
+                "mrope_section": [1, 1, 2],
+                "mrope_interleaved": True,
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+            },
+        },
+        vision_config=_qwen3_vision(text["hidden_size"]),
+        **_qwen3_ids(tok),
+    )
+    return _save_qwen3(Qwen3_5ForConditionalGeneration(config).eval(), tok, root)
 
 
 def tiny_siglip(root: Path) -> Path:
@@ -289,6 +431,78 @@ def build_llava_with_lm(size: str, device: torch.device, dtype: torch.dtype):
     with torch.device(device):
         model = LlavaOnevisionForConditionalGeneration(config).to(dtype)
     return LlavaOneVision(model, tokenizer, {}, saliency_head=None)
+
+
+def qwen3_shape(family: str) -> dict[str, Any]:
+    """Text-model shapes for the shape-true Qwen3-family benchmarks, at 4 decoder layers.
+
+    ``qwen3_vl``: Qwen3-VL-8B's language model (Qwen3-8B: hidden 4096, MLP 12288, 32 query and
+    8 key/value heads of 128, 36 layers there). ``qwen3_5``: transformers' default Qwen3.5 text
+    shape (hidden 4096, MLP 12288, 16 query and 4 key/value heads of 256; Gated-DeltaNet with 16
+    key and 32 value heads of 128; full attention every 4th layer). Four layers are one hybrid
+    period (3 linear + 1 full), so both rows compare per-layer cost at the same depth.
+    """
+    if family == "qwen3_vl":
+        return dict(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=4,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+        )
+    if family == "qwen3_5":
+        return dict(
+            hidden_size=4096,
+            intermediate_size=12288,
+            num_hidden_layers=4,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            head_dim=256,
+            linear_conv_kernel_dim=4,
+            linear_key_head_dim=128,
+            linear_value_head_dim=128,
+            linear_num_key_heads=16,
+            linear_num_value_heads=32,
+            layer_types=["linear_attention", "linear_attention", "linear_attention", "full_attention"],
+        )
+    raise ConfigError(f"unknown Qwen3 family {family!r}; use 'qwen3_vl' or 'qwen3_5'")
+
+
+def build_qwen3_with_lm(family: str, device: torch.device, dtype: torch.dtype):
+    """A Qwen3-VL or Qwen3.5 adapter whose LM has the shape of :func:`qwen3_shape` (tiny vision
+    tower with Qwen3-VL's 3 DeepStack levels: the benchmark feeds visual tokens directly). The
+    vocabulary is the in-memory tokenizer's: the LM head runs on one position in a prefill, so
+    the real 151k-248k vocabulary would only cost memory."""
+    import transformers
+
+    from streamvid.models.qwen3_5 import Qwen35
+    from streamvid.models.qwen3_vl import Qwen3VL
+
+    tok = bpe_tokenizer(
+        ["What happens in the video? When does the car stop? <0.5 seconds> <12.0 seconds>"] * 10,
+        ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|video_pad|>", "<|image_pad|>"],
+        vocab_size=300,
+    )
+    shape = qwen3_shape(family)
+    rope = {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": True, "rope_theta": 5e6}
+    text = {"vocab_size": len(tok), "max_position_embeddings": 32768, "eos_token_id": tok.eos_token_id, **shape}
+    if family == "qwen3_5":
+        rope = {**rope, "mrope_section": [11, 11, 10], "partial_rotary_factor": 0.25}
+    deep = {"deepstack_visual_indexes": [0, 1, 2]} if family == "qwen3_vl" else {}
+    config_cls, model_cls, adapter = (
+        (transformers.Qwen3VLConfig, transformers.Qwen3VLForConditionalGeneration, Qwen3VL)
+        if family == "qwen3_vl"
+        else (transformers.Qwen3_5Config, transformers.Qwen3_5ForConditionalGeneration, Qwen35)
+    )
+    config = config_cls(
+        text_config={"model_type": f"{family}_text", **text, "rope_parameters": rope},
+        vision_config=_qwen3_vision(shape["hidden_size"], **deep),
+        **_qwen3_ids(tok),
+    )
+    with torch.device(device):
+        model = model_cls(config).to(dtype)
+    return adapter(model, tok, {})
 
 
 def siglip_so400m_encoder(llm_dim: int, device: torch.device, dtype: torch.dtype):

@@ -73,17 +73,18 @@ class MemoryConfig(BaseModel):
     def token_dtype(self) -> str:
         return self.dtype
 
-    def token_bytes(self, dim: int) -> int:
-        """Stored bytes of one token of width ``dim``: its vector in ``dtype`` plus provenance."""
-        return vector_bytes(dim, self.dtype) + PROVENANCE_BYTES
+    def token_bytes(self, dim: int, levels: int = 0) -> int:
+        """Stored bytes of one token of width ``dim``: its vector in ``dtype`` plus provenance,
+        and one more vector per DeepStack level (``levels``, 0 for towers without them)."""
+        return (1 + levels) * vector_bytes(dim, self.dtype) + PROVENANCE_BYTES
 
-    def token_cap(self, dim: int) -> int:
-        """The cap in tokens for vectors of width ``dim``."""
+    def token_cap(self, dim: int, levels: int = 0) -> int:
+        """The cap in tokens for vectors of width ``dim`` with ``levels`` DeepStack levels."""
         caps = []
         if self.cap_tokens is not None:
             caps.append(self.cap_tokens)
         if self.cap_bytes is not None:
-            caps.append(self.cap_bytes // self.token_bytes(dim))
+            caps.append(self.cap_bytes // self.token_bytes(dim, levels))
         return min(caps)
 
 
@@ -97,8 +98,8 @@ class MemorySettings(BaseModel):
     model / embedder: the Video-LLM whose tokens and the retrieval embedder whose keys the
     memory holds (names as given: hub ids or directories). compressor, ratio, fps: how new
     segments are made. token_dim / key_dim: the widths of the stored tokens and keys, set
-    by the first add and fixed from then on. store: the :class:`MemoryConfig` (None until
-    the memory is first opened with a cap). None means "not recorded yet".
+    by the first add and fixed from then on; deepstack_levels likewise (None: 0). store: the
+    :class:`MemoryConfig` (None until the memory is first opened with a cap). None means "not recorded yet".
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
@@ -110,6 +111,7 @@ class MemorySettings(BaseModel):
     fps: float | None = Field(None, gt=0)
     token_dim: int | None = Field(None, ge=1)
     key_dim: int | None = Field(None, ge=1)
+    deepstack_levels: int | None = Field(None, ge=0)
     store: MemoryConfig | None = None
 
     def ingest(self) -> dict[str, object]:

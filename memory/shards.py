@@ -1,8 +1,11 @@
 """Tensor shards: one safetensors file per segment version, written atomically.
 
 Token vectors are stored in the memory's ``token_dtype`` (memory/quant.py: float16,
-bfloat16, int8 with ``scales``, int4 with ``scales`` and ``mins``). Reads memory-map
-the file and copy out only its tensors, so nothing but the asked segment is in RAM.
+bfloat16, int8 with ``scales``, int4 with ``scales`` and ``mins``). A segment's DeepStack
+features (``CompressedSegment.deepstack`` [L, n, D]) are stored in the same format as
+``deepstack`` (+ ``deepstack_scales``, ``deepstack_mins``), the L levels one after the other,
+so a shard's bytes count them. Reads memory-map the file and copy out only its tensors, so
+nothing but the asked segment is in RAM.
 
 A shard is written to a temporary name, flushed and fsynced, then renamed into
 place; the manifest points at it only after that, so a crash never leaves the
@@ -20,12 +23,23 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from memory.errors import CorruptShardError
-from memory.quant import quantize
+from memory.quant import dequantize, quantize
 from streamvid.types import CompressedSegment
 
 __all__ = ["ShardStore"]
 
 _TENSORS = ("tokens", "sizes", "positions", "times")
+_QUANT_EXTRA = {torch.int8: ("scales",), torch.uint8: ("scales", "mins")}
+_DEEP = "deepstack"
+
+
+def _deepstack_tensors(seg: CompressedSegment, token_dtype: str) -> dict[str, torch.Tensor]:
+    """The DeepStack levels [L, n, D] quantized like the tokens, under ``deepstack*`` names."""
+    if seg.deepstack is None:
+        return {}
+    levels, n, dim = seg.deepstack.shape
+    q = quantize(seg.deepstack.reshape(levels * n, dim), token_dtype)
+    return {(_DEEP if k == "tokens" else f"{_DEEP}_{k}"): v for k, v in q.items()}
 
 
 class ShardStore:
@@ -48,6 +62,7 @@ class ShardStore:
         data = save(
             {
                 **quantize(seg.tokens, token_dtype),
+                **_deepstack_tensors(seg, token_dtype),
                 "sizes": seg.sizes.to("cpu", torch.int64).contiguous(),
                 "positions": seg.positions.to("cpu", torch.int64).contiguous(),
                 "times": seg.times.to("cpu", torch.float64).contiguous(),
@@ -78,11 +93,30 @@ class ShardStore:
                 "or drop the segment. Other segments are unaffected",
                 [segment_id],
             ) from None
-        needs = {torch.int8: ("scales",), torch.uint8: ("scales", "mins")}
-        extra = needs.get(tensors["tokens"].dtype, ()) if "tokens" in tensors else ()
+        extra = _QUANT_EXTRA.get(tensors["tokens"].dtype, ()) if "tokens" in tensors else ()
+        if _DEEP in tensors:
+            extra += tuple(f"{_DEEP}_{k}" for k in _QUANT_EXTRA.get(tensors[_DEEP].dtype, ()))
         if any(k not in tensors for k in (*_TENSORS, *extra)):
             raise CorruptShardError(f"segment {segment_id}: shard {name} lacks tensors", [segment_id])
         return tensors
+
+    @staticmethod
+    def deepstack(
+        tensors: dict[str, torch.Tensor], dim: int, device: torch.device | str | None = None
+    ) -> torch.Tensor | None:
+        """The DeepStack levels of a read shard, dequantized to float16 [L, n, dim] on ``device``
+        (None for a shard without them)."""
+        if _DEEP not in tensors:
+            return None
+        q = {
+            "tokens": tensors[_DEEP],
+            **{k: tensors[f"{_DEEP}_{k}"] for k in ("scales", "mins") if f"{_DEEP}_{k}" in tensors},
+        }
+        flat = dequantize(q, dim, device)  # (L * n, dim)
+        n = tensors["sizes"].shape[0]
+        if flat.shape[0] % n:
+            raise ValueError(f"deepstack holds {flat.shape[0]} rows, not a multiple of the {n} tokens")
+        return flat.reshape(-1, n, dim)
 
     def delete(self, name: str) -> None:
         try:

@@ -461,7 +461,7 @@ class TokenMemory:
 
     @property
     def token_cap(self) -> int | None:
-        return None if self.dim is None else self.config.token_cap(self.dim)
+        return None if self.dim is None else self._cap()
 
     @property
     def tokens_held(self) -> int:
@@ -654,7 +654,7 @@ class TokenMemory:
         if not np.isfinite(key_np).all() or not torch.isfinite(segment.tokens.float()).all():
             raise ShapeError("the segment's tokens and key must be finite (no NaN/inf)")
         with self._write_mutex:
-            self._ensure_dims(segment.dim, key_np.shape[0])
+            self._ensure_dims(segment.dim, key_np.shape[0], segment.deepstack_levels)
             sid = self._next_id
             self._next_id += 1
             self._write(_Pending(sid, segment, key_np, source))
@@ -698,9 +698,9 @@ class TokenMemory:
         ids: list[int] = []
         with self._write_mutex:
             for seg in segments:
-                self._ensure_dims(seg.dim, keys_np.shape[1])
+                self._ensure_dims(seg.dim, keys_np.shape[1], seg.deepstack_levels)
             assert self.dim is not None
-            room = self.config.token_cap(self.dim) - self.tokens_held
+            room = self._cap() - self.tokens_held
             fits = 0
             for seg in segments:
                 if seg.budget > room:
@@ -748,9 +748,10 @@ class TokenMemory:
         if self._adds_since_save >= self.config.index_save_every:
             self._save_index()
 
-    def _ensure_dims(self, dim: int, key_dim: int) -> None:
+    def _ensure_dims(self, dim: int, key_dim: int, levels: int = 0) -> None:
         if self.dim is None:
-            settings = self._settings.model_copy(update={"token_dim": dim, "key_dim": key_dim})
+            update = {"token_dim": dim, "key_dim": key_dim, "deepstack_levels": levels}
+            settings = self._settings.model_copy(update=update)
             with self.manifest.transaction() as conn:
                 save_settings(self.manifest, conn, settings)
                 self.manifest.set_meta("global_sum", np.zeros(dim, dtype=np.float64).tobytes(), conn)
@@ -762,6 +763,20 @@ class TokenMemory:
             self._index = self._new_index()
             return
         self.check_widths(token_dim=dim, key_dim=key_dim)  # SettingsConflictError, a ShapeError
+        if levels != self.deepstack_levels:
+            raise ShapeError(
+                f"memory {self.root} holds tokens with {self.deepstack_levels} DeepStack levels; this segment "
+                f"has {levels}. Use one memory per model family (a new --memory directory)"
+            )
+
+    @property
+    def deepstack_levels(self) -> int:
+        """DeepStack levels stored with every token (0 for towers without them)."""
+        return self._settings.deepstack_levels or 0
+
+    def _cap(self) -> int:
+        assert self.dim is not None
+        return self.config.token_cap(self.dim, self.deepstack_levels)
 
     def rebalance(self) -> RebalanceReport | None:
         """Enforce the cap now (normally automatic on add). Returns what was done."""
@@ -776,7 +791,7 @@ class TokenMemory:
         plan -> rewrite shards -> commit (one transaction) -> apply (in-memory state)."""
         assert self._live is not None and self.dim is not None
         started = time.perf_counter()
-        cap = self.config.token_cap(self.dim)
+        cap = self._cap()
         if pending is not None and self.tokens_held + pending.segment.budget <= cap:
             self._add_within_cap(pending)  # O(1): nothing else changes
             return None
@@ -1121,7 +1136,7 @@ class TokenMemory:
         if event is not None:
             last = RebalanceReport(**{k: event[k] for k in RebalanceReport.__dataclass_fields__})
         disk = self.shards.disk_bytes() + _sizes(p for p in self.root.iterdir() if p.is_file())
-        per_token = 0 if self.dim is None else self.config.token_bytes(self.dim)
+        per_token = 0 if self.dim is None else self.config.token_bytes(self.dim, self.deepstack_levels)
         return MemoryStats(
             tokens_held=tokens,
             token_cap=self.token_cap,

@@ -67,6 +67,10 @@ class TokenGrid:
     compressors that use them (see docs/algorithms.md), e.g. ``"attn_received"``
     (attention each token receives in the tower's last layer, heads averaged)
     and ``"attn_received_late"`` (the same in a late layer).
+    deepstack: optional [L, T, h, w, D], the DeepStack features of a tower that feeds
+    visual features from L of its layers into the first L layers of the language model
+    (Qwen3-VL); compressors apply every selection and merge of the tokens to each level
+    identically (docs/algorithms.md, "DeepStack"). None for towers without them.
     """
 
     tokens: torch.Tensor
@@ -76,6 +80,7 @@ class TokenGrid:
     segment_index: int = 0
     saliency_source: str = "none"
     scores: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    deepstack: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 4:
@@ -99,6 +104,18 @@ class TokenGrid:
                 raise ShapeError(
                     f"score map {name!r} must be [T, h, w] = {list(self.tokens.shape[:3])}, got {list(score.shape)}"
                 )
+        if self.deepstack is not None and (
+            self.deepstack.ndim != 5 or tuple(self.deepstack.shape[1:]) != tuple(self.tokens.shape)
+        ):
+            raise ShapeError(
+                f"deepstack must be [L, T, h, w, D] with [T, h, w, D] = {list(self.tokens.shape)}, "
+                f"got {list(self.deepstack.shape)}; stack the levels on a new first axis"
+            )
+
+    @property
+    def deepstack_levels(self) -> int:
+        """L, the DeepStack levels carried (0 without them)."""
+        return 0 if self.deepstack is None else self.deepstack.shape[0]
 
     @property
     def num_frames(self) -> int:
@@ -124,6 +141,7 @@ class TokenGrid:
             timestamps=self.timestamps[start:stop],
             saliency=None if self.saliency is None else self.saliency[start:stop],
             scores={k: v[start:stop] for k, v in self.scores.items()},
+            deepstack=None if self.deepstack is None else self.deepstack[:, start:stop],
             segment_index=self.segment_index if segment_index is None else segment_index,
         )
 
@@ -142,6 +160,9 @@ class CompressedSegment:
                raster order within the segment), the index of the kept token that
                stands for it; ``sizes == bincount(owner)``. Kept in memory for
                evaluation, not persisted by the token memory.
+    deepstack: optional [L, n, D], the DeepStack features of the kept tokens: each level went
+               through exactly the selections and merges of ``tokens`` (None for towers without
+               them; persisted by the token memory in its token format).
 
     Tokens are in temporal (then raster) order, so ``times`` is non-decreasing.
     The segment-level facts (``mean_token``, ``frame_count``, ``richness``) are what
@@ -165,6 +186,7 @@ class CompressedSegment:
     method: str = ""
     owner: torch.Tensor | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    deepstack: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.tokens.shape[0]
@@ -179,6 +201,17 @@ class CompressedSegment:
             )
         if tuple(self.times.shape) != (n,):
             raise ShapeError(f"times must be [{n}], got {list(self.times.shape)}")
+        if self.deepstack is not None and (
+            self.deepstack.ndim != 3 or tuple(self.deepstack.shape[1:]) != tuple(self.tokens.shape)
+        ):
+            raise ShapeError(
+                f"deepstack must be [L, n, D] with [n, D] = {list(self.tokens.shape)}, got {list(self.deepstack.shape)}"
+            )
+
+    @property
+    def deepstack_levels(self) -> int:
+        """L, the DeepStack levels carried (0 without them)."""
+        return 0 if self.deepstack is None else self.deepstack.shape[0]
 
     @property
     def budget(self) -> int:
@@ -202,8 +235,18 @@ class CompressedSegment:
         times: torch.Tensor,
         method: str | None = None,
         owner: torch.Tensor | None = None,
+        deepstack: torch.Tensor | None = None,
     ) -> CompressedSegment:
-        """The same segment with a new token set (segment-level facts kept; owner only if given)."""
+        """The same segment with a new token set (segment-level facts kept; owner only if given).
+
+        A segment that carries DeepStack features needs the new set's ``deepstack`` too, so
+        they are never dropped silently (ShapeError otherwise).
+        """
+        if self.deepstack is not None and deepstack is None:
+            raise ShapeError(
+                f"this segment carries {self.deepstack_levels} DeepStack levels; pass the new token "
+                "set's deepstack [L, n, D] as well (apply the same selection or merge to them)"
+            )
         return replace(
             self,
             tokens=tokens,
@@ -212,4 +255,5 @@ class CompressedSegment:
             times=times,
             method=self.method if method is None else method,
             owner=owner,
+            deepstack=deepstack,
         )

@@ -52,7 +52,7 @@ def model_own_inputs(llm, name, frames, question, n_visual):
 
 
 def test_registry_is_lazy_and_typed(tmp_path):
-    assert list_adapters() == ["llava_onevision", "qwen2_5_vl"]
+    assert list_adapters() == ["llava_onevision", "qwen2_5_vl", "qwen3_5", "qwen3_vl"]
     code = "import sys, streamvid.models; print('transformers' in sys.modules)"
     import subprocess
 

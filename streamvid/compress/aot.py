@@ -82,7 +82,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from streamvid.compress.base import Compressor, CompressorConfig, finish_segment, split_budget_by_length
+from streamvid.compress.base import (
+    Compressor,
+    CompressorConfig,
+    deepstack_values,
+    finish_segment,
+    split_budget_by_length,
+)
 from streamvid.compress.caba import allocate_budgets
 from streamvid.errors import BudgetError, ConfigError
 from streamvid.types import CompressedSegment, TokenGrid
@@ -94,7 +100,9 @@ __all__ = [
     "aot_segment",
     "anchor_scores",
     "inter_frame_merge",
+    "inter_frame_merge_values",
     "intra_frame_merge",
+    "intra_frame_merge_values",
     "plan_clips",
     "select_anchors",
     "sinkhorn",
@@ -217,8 +225,24 @@ def intra_frame_merge(
 
     x: [B, N, D]; anchor_mask: bool [B, N] with m True per row; positions: [N, 2] in [0, 1]^2
     -> (merged anchors [B, m, D], anchor index [B, m] (raster, increasing), owner int64 [B, N]
-    (index into the m anchors; an anchor owns itself)).
+    (index into the m anchors; an anchor owns itself)). See :func:`intra_frame_merge_values`.
     """
+    return intra_frame_merge_values(x, anchor_mask, positions, spatial_weight, epsilon, nn_weight, max_iter, tol)[:3]
+
+
+def intra_frame_merge_values(
+    x: torch.Tensor,
+    anchor_mask: torch.Tensor,
+    positions: torch.Tensor,
+    spatial_weight: float = 0.5,
+    epsilon: float = 0.1,
+    nn_weight: float = 0.1,
+    max_iter: int = 100,
+    tol: float = 1e-2,
+    values: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`intra_frame_merge`, plus ``values`` [B, N, E] (DeepStack channels) merged with the
+    same plan and weights -> [B, m, E] (None without them)."""
     x = x.float()
     bsz, n, d = x.shape
     m = int(anchor_mask[0].sum())
@@ -228,7 +252,7 @@ def intra_frame_merge(
     owner = torch.empty(bsz, n, dtype=torch.long, device=x.device)
     owner[rows, anc_idx] = torch.arange(m, device=x.device)  # an anchor owns itself
     if n == m:
-        return x.clone(), anc_idx, owner
+        return x.clone(), anc_idx, owner, None if values is None else values.float().clone()
     xn = F.normalize(x, dim=-1)
     cos = torch.gather(xn @ xn[rows, anc_idx].transpose(1, 2), 1, src_idx[..., None].expand(-1, -1, m))  # (B, M, m)
     dist = torch.cdist(positions[src_idx].float(), positions[anc_idx].float())  # (B, M, m)
@@ -248,8 +272,9 @@ def intra_frame_merge(
     weight.scatter_(1, src_idx[..., None].expand(-1, -1, m), src_weight)
     weight[rows, anc_idx, torch.arange(m, device=x.device)] = ot_scale + nn_scale  # the anchor's own share
     merged = weight.transpose(1, 2) @ x  # (B, m, D)
+    merged_v = None if values is None else weight.transpose(1, 2) @ values.float()  # the same weights
     owner[rows, src_idx] = src_weight.argmax(dim=2)
-    return merged, anc_idx, owner
+    return merged, anc_idx, owner, merged_v
 
 
 # --------------------------------------------------------------------------- Phase II
@@ -263,6 +288,19 @@ def inter_frame_merge(
     max_iter: int = 100,
     tol: float = 1e-2,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Phase II; see :func:`inter_frame_merge_values` (the same without value channels)."""
+    return inter_frame_merge_values(frames, keep_counts, epsilon, sigma_t, max_iter, tol)[:3]
+
+
+def inter_frame_merge_values(
+    frames: torch.Tensor,
+    keep_counts: torch.Tensor,
+    epsilon: float = 0.1,
+    sigma_t: float = 1.5,
+    max_iter: int = 100,
+    tol: float = 1e-2,
+    values: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Phase II on a batch of clips: the first frame's tokens absorb the later frames'.
 
     frames: [B, L, m, D] (Phase I tokens of each clip's frames); keep_counts: int64 [B, L - 1]
@@ -273,11 +311,14 @@ def inter_frame_merge(
     At offset dt the cost is ``(C_sim - min C_sim) * (1 - exp(-dt^2 / (2 sigma_t^2)))``
     with ``C_sim = 1 - cos(x_i, Y_j)``; the sources with the smallest max of the
     row-normalised plan P stay; the others update ``Y <- (Y + P^T x) / (1 + sum_i P_ij)``.
+    ``values`` [B, L, m, E] (DeepStack channels of the same Phase I tokens) take the same
+    updates with the same P -> Y_values [B, m, E] (None without them).
     """
     frames = frames.float()
     bsz, length, m, d = frames.shape
     keep_counts = keep_counts.to(frames.device)
     y = frames[:, 0].clone()  # (B, m, D)
+    y_v = None if values is None else values[:, 0].float().clone()  # (B, m, E)
     keep = torch.ones(bsz, max(length - 1, 0), m, dtype=torch.bool, device=frames.device)
     plans, loads = [], []
     uniform = frames.new_full((bsz, m), 1.0 / m)
@@ -299,6 +340,8 @@ def inter_frame_merge(
         p = p * (~stay)[..., None]
         load = p.sum(dim=1)  # (B, m_anc)
         y = (y + p.transpose(1, 2) @ x) / (1.0 + load)[..., None]
+        if y_v is not None:
+            y_v = (y_v + p.transpose(1, 2) @ values[:, dt].float()) / (1.0 + load)[..., None]
         keep[:, dt - 1] = stay
         plans.append(p)
         loads.append(load)
@@ -308,7 +351,7 @@ def inter_frame_merge(
         decay = decay * (1.0 + loads[s])
         weight = plans[s] / decay[:, None, :]  # (B, m_src, m_anc): weight in the final Y
         owner[:, s] = torch.where(keep[:, s], owner[:, s], weight.argmax(dim=2))
-    return y, keep, owner
+    return y, keep, owner, y_v
 
 
 # --------------------------------------------------------------------------- budgets and scores
@@ -427,12 +470,15 @@ def aot_segment(
     plans: list[ClipPlan],
     grid_size: tuple[int, int],
     cfg: AOTConfig,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    values: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Phase I on every frame, then Phase II on every clip of one segment.
 
-    x: fp32 [V, N, D]; local_score, global_score: [V, N]; plans: the segment's clips
+    x: fp32 [V, N, D]; local_score, global_score: [V, N]; plans: the segment's clips;
+    values: [V, N, E] DeepStack channels or None
     -> (tokens [n, D], owner int64 [V * N] (index of the kept token of each original,
-    on the CPU), representative flat index t * N + p [n]); n = sum of the plans' tokens.
+    on the CPU), representative flat index t * N + p [n], values of the kept tokens [n, E]
+    or None: the same plans and weights as the tokens); n = sum of the plans' tokens.
     """
     v, n, d = x.shape
     sink = {"max_iter": cfg.max_iter, "tol": cfg.tol}
@@ -445,28 +491,44 @@ def aot_segment(
     merged: list[torch.Tensor] = [x.new_empty(0)] * v
     anchor_idx: list[torch.Tensor] = [x.new_empty(0)] * v
     owner1: list[torch.Tensor] = [x.new_empty(0)] * v
+    merged_v: list[torch.Tensor] = [x.new_empty(0)] * v
     for m in frame_m.unique().tolist():
         frames = torch.nonzero(frame_m == m).flatten().tolist()
         sel = torch.tensor(frames, device=x.device)
         mask = select_anchors(local_score[sel], global_score[sel], m, window, cfg.global_share)
-        mx, idx, own = intra_frame_merge(
-            x[sel], mask, positions, cfg.spatial_weight, cfg.epsilon, cfg.nn_weight, **sink
+        mx, idx, own, mv = intra_frame_merge_values(
+            x[sel],
+            mask,
+            positions,
+            cfg.spatial_weight,
+            cfg.epsilon,
+            cfg.nn_weight,
+            **sink,
+            values=None if values is None else values[sel],
         )
         for i, t in enumerate(frames):
             merged[t], anchor_idx[t], owner1[t] = mx[i], idx[i], own[i]
+            if mv is not None:
+                merged_v[t] = mv[i]
     # Phase II, batched over clips of the same shape
     groups: dict[tuple[int, int], list[ClipPlan]] = {}
     for p in plans:
         groups.setdefault((p.stop - p.start, p.anchors), []).append(p)
     tokens, flats, owner = [], [], torch.empty(v, n, dtype=torch.long, device=x.device)
+    kept_v: list[torch.Tensor] = []
     count = 0
     for (length, m), group in groups.items():
         stack = torch.stack([torch.stack(merged[p.start : p.stop]) for p in group])  # (C, L, m, D)
+        stack_v = None if values is None else torch.stack([torch.stack(merged_v[p.start : p.stop]) for p in group])
         keep_counts = torch.tensor([p.keep for p in group], dtype=torch.long).reshape(len(group), length - 1)
-        y, keep, own2 = inter_frame_merge(stack, keep_counts, cfg.epsilon, cfg.sigma_t, **sink)
+        y, keep, own2, y_v = inter_frame_merge_values(
+            stack, keep_counts, cfg.epsilon, cfg.sigma_t, **sink, values=stack_v
+        )
         for c, p in enumerate(group):
             f0, y_base = p.start, count
             tokens.append(y[c])  # the merged anchors stand at the clip's first frame
+            if y_v is not None:
+                kept_v.append(y_v[c])
             flats.append(f0 * n + anchor_idx[f0])
             owner[f0] = y_base + owner1[f0]
             count += m
@@ -477,10 +539,13 @@ def aot_segment(
                 src_out = torch.where(stay, 0, y_base + own2[c, dt - 1])  # (m,) output index of each source
                 src_out[kept] = count + torch.arange(kept.shape[0], device=x.device)
                 tokens.append(merged[t][kept])
+                if values is not None:
+                    kept_v.append(merged_v[t][kept])
                 flats.append(t * n + anchor_idx[t][kept])
                 owner[t] = src_out[owner1[t]]  # an original follows its Phase I anchor
                 count += kept.shape[0]
-    return torch.cat(tokens), owner.reshape(v * n).cpu(), torch.cat(flats)
+    out_v = torch.cat(kept_v) if values is not None else None
+    return torch.cat(tokens), owner.reshape(v * n).cpu(), torch.cat(flats), out_v
 
 
 class AOT(Compressor):
@@ -504,7 +569,8 @@ class AOT(Compressor):
         for k, (a, b) in enumerate(zip(boundaries, boundaries[1:])):
             x = grid.tokens[a:b].reshape(b - a, n, grid.dim).float()  # (V, N, D)
             plans = plan_clips(b - a, n, int(budgets[k]), cfg.clip_len, cfg.keep_ratio)
-            tokens, owner, flat = aot_segment(x, local[a:b], glob[a:b], plans, grid.grid_size, cfg)
+            extra = deepstack_values(grid, a, b)  # DeepStack channels take the same plans and weights
+            tokens, owner, flat, kept_v = aot_segment(x, local[a:b], glob[a:b], plans, grid.grid_size, cfg, extra)
             out.append(
                 finish_segment(
                     grid,
@@ -517,6 +583,7 @@ class AOT(Compressor):
                     self.out_dtype(grid),
                     segment_index=grid.segment_index + k,
                     owner=owner,
+                    deepstack=kept_v,
                 )
             )
         return out

@@ -15,7 +15,13 @@ from streamvid.compress.caba import allocate_budgets, segment_stats, uniqueness
 from streamvid.errors import ConfigError, ShapeError
 from streamvid.types import CompressedSegment, TokenGrid
 
-__all__ = ["CompressorConfig", "Compressor", "finish_segment", "nearest_kept_owner"]
+__all__ = [
+    "CompressorConfig",
+    "Compressor",
+    "deepstack_values",
+    "finish_segment",
+    "nearest_kept_owner",
+]
 
 
 class CompressorConfig(BaseModel):
@@ -102,7 +108,29 @@ class Compressor(ABC):
 def _to_device(grid: TokenGrid, device: torch.device) -> TokenGrid:
     sal = None if grid.saliency is None else grid.saliency.to(device)
     scores = {k: v.to(device) for k, v in grid.scores.items()}
-    return replace(grid, tokens=grid.tokens.to(device), saliency=sal, scores=scores)
+    deep = None if grid.deepstack is None else grid.deepstack.to(device)
+    return replace(grid, tokens=grid.tokens.to(device), saliency=sal, scores=scores, deepstack=deep)
+
+
+def deepstack_values(grid: TokenGrid, start: int, stop: int) -> torch.Tensor | None:
+    """The DeepStack features of frames [start, stop) as extra value channels, or None.
+
+    -> fp32 [V, N, L * D]: token (t, p) holds its L levels side by side, so every gather,
+    mean and weighted sum a compressor applies to the tokens [V, N, D] applies to all levels
+    at once with the same indices and weights (docs/algorithms.md, "DeepStack").
+    """
+    if grid.deepstack is None:
+        return None
+    levels, dim = grid.deepstack.shape[0], grid.dim
+    v, n = stop - start, grid.tokens_per_frame
+    deep = grid.deepstack[:, start:stop].reshape(levels, v, n, dim).float()  # (L, V, N, D)
+    return deep.permute(1, 2, 0, 3).reshape(v, n, levels * dim)
+
+
+def _split_levels(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """[n, L * D] value channels -> [L, n, D] DeepStack levels."""
+    n = values.shape[0]
+    return values.reshape(n, -1, dim).permute(1, 0, 2).contiguous()
 
 
 def _check_boundaries(boundaries: Sequence[int], num_frames: int) -> list[int]:
@@ -143,14 +171,22 @@ def finish_segment(
     uniqueness_value: float = 0.0,
     stats: Any = None,
     owner: torch.Tensor | None = None,
+    deepstack: torch.Tensor | None = None,
 ) -> CompressedSegment:
     """Assemble a CompressedSegment for frames [start, stop) of ``grid``.
 
     tokens: [n, D]; sizes: [n]; flat_index: int64 [n], the representative of each
     token as t * N + p within the segment; owner: int64 [V * N] index of the kept
-    token of each original (sizes are recomputed from it when given). Sorts
-    everything into temporal order.
+    token of each original (sizes are recomputed from it when given); deepstack: [n, L * D],
+    the kept tokens' DeepStack value channels (see :func:`deepstack_values`), required when
+    the grid has DeepStack features. Sorts everything into temporal order.
     """
+    if (grid.deepstack is None) != (deepstack is None):
+        raise ShapeError(
+            "the grid carries DeepStack features but the compressor gave none for the kept tokens"
+            if deepstack is None
+            else "DeepStack values were given for a grid without DeepStack features"
+        )
     h, w = grid.grid_size
     n_per_frame = h * w
     order = torch.argsort(flat_index, stable=True)
@@ -183,6 +219,7 @@ def finish_segment(
         frame_offset=start,
         method=method,
         owner=owner,
+        deepstack=None if deepstack is None else _split_levels(deepstack[order], grid.dim).to(out_dtype),
     )
 
 

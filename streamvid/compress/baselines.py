@@ -4,7 +4,8 @@ They do not segment: the clip is one segment unless ``boundaries`` are given, in
 which case each segment is compressed alone, with a budget proportional to its
 length (VidCom² by default applies its own per-frame rule in each segment instead).
 Pruning methods (random, VidCom²) keep tokens unchanged; for provenance every dropped
-token counts toward the size of its most similar kept token.
+token counts toward the size of its most similar kept token. DeepStack features (when the
+grid has them) are gathered or pooled with exactly the indices and cells of the tokens.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import Field
 from streamvid.compress.base import (
     Compressor,
     CompressorConfig,
+    deepstack_values,
     finish_segment,
     nearest_kept_owner,
     split_budget_by_length,
@@ -40,7 +42,8 @@ class _PerSegment(Compressor):
         for k, (a, b) in enumerate(zip(boundaries, boundaries[1:])):
             t = b - a
             x = grid.tokens[a:b].reshape(t, grid.tokens_per_frame, grid.dim).float()  # (V, N, D)
-            tokens, owner, flat = self._segment(x, int(budgets[k]), grid.grid_size)
+            extra = deepstack_values(grid, a, b)  # (V, N, L*D) or None
+            tokens, owner, flat, extra_out = self._segment(x, int(budgets[k]), grid.grid_size, extra)
             sizes = torch.bincount(owner, minlength=tokens.shape[0])
             out.append(
                 finish_segment(
@@ -54,21 +57,29 @@ class _PerSegment(Compressor):
                     self.out_dtype(grid),
                     segment_index=grid.segment_index + k,
                     owner=owner,
+                    deepstack=extra_out,
                 )
             )
         return out
 
     def _segment(
-        self, x: torch.Tensor, budget: int, grid_size: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: fp32 [V, N, D] -> (tokens [n, D], owner [V * N] (kept index per original), flat index [n])."""
+        self, x: torch.Tensor, budget: int, grid_size: tuple[int, int], extra: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x: fp32 [V, N, D]; extra: [V, N, E] value channels (DeepStack) or None -> (tokens [n, D],
+        owner [V * N] (kept index per original), flat index [n], extra of the kept tokens [n, E] or None).
+
+        Decisions come from ``x`` only; ``extra`` takes the same gathers and means.
+        """
         raise NotImplementedError
 
 
-def _pruned(x: torch.Tensor, flat_kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pruned(
+    x: torch.Tensor, flat_kept: torch.Tensor, extra: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     flat_kept = torch.sort(flat_kept).values
     tokens = x.reshape(-1, x.shape[-1])  # (V*N, D)
-    return tokens[flat_kept], nearest_kept_owner(tokens, flat_kept), flat_kept
+    kept_extra = None if extra is None else extra.reshape(-1, extra.shape[-1])[flat_kept]
+    return tokens[flat_kept], nearest_kept_owner(tokens, flat_kept), flat_kept, kept_extra
 
 
 def _per_frame_counts(weights: torch.Tensor, total: int, per_frame: int) -> torch.Tensor:
@@ -92,6 +103,7 @@ class KeepAll(Compressor):
         for k, (a, b) in enumerate(zip(boundaries, boundaries[1:])):
             tokens = grid.tokens[a:b].reshape((b - a) * n, grid.dim)  # (V*N, D)
             flat = torch.arange(tokens.shape[0], device=tokens.device)
+            extra = deepstack_values(grid, a, b)
             out.append(
                 finish_segment(
                     grid,
@@ -104,6 +116,7 @@ class KeepAll(Compressor):
                     self.out_dtype(grid),
                     segment_index=grid.segment_index + k,
                     owner=flat.cpu(),
+                    deepstack=None if extra is None else extra.reshape(tokens.shape[0], -1),
                 )
             )
         return out
@@ -130,11 +143,11 @@ class UniformPool(_PerSegment):
 
     name = "uniform"
 
-    def _segment(self, x, budget, grid_size):
+    def _segment(self, x, budget, grid_size, extra):
         v, n, _ = x.shape
         h, w = grid_size
         counts = _per_frame_counts(torch.ones(v), budget, n)
-        tokens, owner, flat = [], torch.full((v * n,), -1, dtype=torch.long), []
+        tokens, owner, flat, extra_out = [], torch.full((v * n,), -1, dtype=torch.long), [], []
         count = 0
         for t, cells in enumerate(counts.tolist()):
             if cells == 0:
@@ -143,6 +156,8 @@ class UniformPool(_PerSegment):
             size = torch.bincount(cell, minlength=cells)  # (cells,)
             sums = x.new_zeros(cells, x.shape[-1]).index_add_(0, cell, x[t])
             tokens.append(sums / size[:, None])
+            if extra is not None:  # the same cells, the same means
+                extra_out.append(extra.new_zeros(cells, extra.shape[-1]).index_add_(0, cell, extra[t]) / size[:, None])
             # representative: the token at the centre of the (rectangular) cell
             pos = torch.arange(n, device=x.device)
             mid_row = x.new_zeros(cells).index_add_(0, cell, (pos // w).float()) / size
@@ -156,7 +171,7 @@ class UniformPool(_PerSegment):
         if len(orphans):
             sims = F.normalize(x.reshape(v * n, -1)[orphans.to(x.device)], dim=-1) @ F.normalize(kept, dim=-1).T
             owner[orphans] = sims.argmax(dim=1).cpu()
-        return kept, owner, torch.cat(flat)
+        return kept, owner, torch.cat(flat), torch.cat(extra_out) if extra is not None else None
 
 
 class RandomConfig(CompressorConfig):
@@ -169,11 +184,11 @@ class RandomKeep(_PerSegment):
     name = "random"
     config_class = RandomConfig
 
-    def _segment(self, x, budget, grid_size):
+    def _segment(self, x, budget, grid_size, extra):
         total = x.shape[0] * x.shape[1]
         gen = torch.Generator().manual_seed(self.config.seed)
         kept = torch.randperm(total, generator=gen)[:budget].to(x.device)
-        return _pruned(x, kept)
+        return _pruned(x, kept, extra)
 
 
 class VidCom2Config(CompressorConfig):
@@ -248,7 +263,7 @@ class VidCom2(_PerSegment):
             for a, b in zip(bounds, bounds[1:])
         )
 
-    def _segment(self, x, budget, grid_size):
+    def _segment(self, x, budget, grid_size, extra):
         v, n, _ = x.shape
         cfg = self.config
         s_vid, s_frm = vidcom2_scores(x, cfg.channel_fraction)
@@ -262,4 +277,4 @@ class VidCom2(_PerSegment):
         kept = [
             t * n + torch.topk(score[t], k=c, largest=False).indices for t, c in enumerate(counts.tolist()) if c > 0
         ]
-        return _pruned(x, torch.cat(kept))
+        return _pruned(x, torch.cat(kept), extra)

@@ -50,6 +50,7 @@ class IncrementalSegment:
         self._saliency: list[torch.Tensor] = []  # each fp32 [b, N], the saliency ATS ranks
         self._grid_saliency: list[torch.Tensor] | None = []  # the grid's own saliency, when it has one
         self._scores: dict[str, list[torch.Tensor]] = {}
+        self._deepstack: list[torch.Tensor] = []  # each [L, b, h, w, D] when the encoder gives them
         self._source = "none"
         self._tfd = IncrementalTFD() if self._incremental and self.compressor.use_tfd else None
         self._frames = 0
@@ -59,11 +60,17 @@ class IncrementalSegment:
         return self._frames
 
     def add(self, grid: TokenGrid) -> None:
-        """Fold encoded frames in. grid: tokens [b, h, w, D] (+ saliency [b, h, w], score maps)."""
+        """Fold encoded frames in. grid: tokens [b, h, w, D] (+ saliency [b, h, w], score maps,
+        DeepStack features [L, b, h, w, D])."""
         if self._tokens and tuple(grid.tokens.shape[1:]) != tuple(self._tokens[0].shape[1:]):
             raise ShapeError(
                 f"frames of shape {list(grid.tokens.shape[1:])} do not match the open segment's "
                 f"{list(self._tokens[0].shape[1:])}; close the segment when the grid changes"
+            )
+        if self._tokens and (grid.deepstack_levels != (self._deepstack[0].shape[0] if self._deepstack else 0)):
+            raise ShapeError(
+                f"frames with {grid.deepstack_levels} DeepStack levels do not match the open segment's; "
+                "encode every frame of a stream with the same model"
             )
         tokens, sal = grid.tokens, grid.saliency
         if self._device is not None:
@@ -78,6 +85,8 @@ class IncrementalSegment:
                 for i in range(b):
                     self._tfd.add(x[i])
         self._tokens.append(tokens)
+        if grid.deepstack is not None:
+            self._deepstack.append(grid.deepstack if self._device is None else grid.deepstack.to(self._device))
         self._times.append(grid.timestamps.double())
         if sal is None or self._grid_saliency is None:
             self._grid_saliency = None
@@ -101,6 +110,7 @@ class IncrementalSegment:
             segment_index=segment_index,
             saliency_source=self._source,
             scores=scores,
+            deepstack=torch.cat(self._deepstack, dim=1) if self._deepstack else None,
         )
 
     def peek(self, segment_index: int = 0) -> CompressedSegment:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from streamvid.compress.base import Compressor, CompressorConfig, finish_segment
+from streamvid.compress.base import Compressor, CompressorConfig, deepstack_values, finish_segment
 from streamvid.compress.caba import allocate_budgets, caba_weights, segment_stats, uniqueness
 from streamvid.compress.dyseg import dyseg_boundaries
 from streamvid.compress.tfd import static_positions, temporal_fingerprint_difference
@@ -46,6 +46,7 @@ __all__ = [
     "carry_static",
     "density_peak_scores",
     "merge_context",
+    "merge_context_values",
 ]
 
 # retention -> (CABA tau, static fraction rho), docs/algorithms.md "InfoMerge constants"
@@ -207,6 +208,20 @@ def merge_context(
     knn: int,
     mu: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DTM with hard mask: :func:`merge_context_values` without extra value channels."""
+    return merge_context_values(seg, salient, quotas, static, knn=knn, mu=mu)[:3]
+
+
+def merge_context_values(
+    seg: torch.Tensor,
+    salient: torch.Tensor,
+    quotas: list[int],
+    static: torch.Tensor | None,
+    *,
+    knn: int,
+    mu: float,
+    values: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """DTM with hard mask (docs/algorithms.md, "DTM").
 
     seg: fp32 [V, N, D]; salient: bool [V, N]; quotas: [V] context tokens per frame
@@ -220,9 +235,11 @@ def merge_context(
     anchor' = w * anchor + (1 - w) * mean(members), w = max(1 / (n + 1), mu), n members
     counting the anchor (w = 1 when nothing joined).
 
-    Returns context tokens [B, D], flat indices t * N + p [B] of the anchors, and owner
+    Returns context tokens [B, D], flat indices t * N + p [B] of the anchors, owner
     int64 [V * N]: a partition for provenance, each non-salient token's most similar
-    anchor over the whole segment (an anchor owns itself), -1 for salient tokens.
+    anchor over the whole segment (an anchor owns itself), -1 for salient tokens, and
+    ``values`` [V, N, E] (DeepStack channels, or None) merged with the same anchors, members
+    and weights -> [B, E] (None without them).
     """
     v, n, dim = seg.shape
     free = ~salient  # (V, N) non-salient
@@ -232,7 +249,8 @@ def merge_context(
     members = flat[member_idx]  # (M, D)
     members_n = F.normalize(members, dim=-1)
     chosen_static = torch.zeros(n, dtype=torch.bool, device=seg.device)  # hard-mask memory
-    merged, anchors, sims = [], [], []
+    merged, anchors, sims, merged_v = [], [], [], []
+    members_v = None if values is None else values.reshape(v * n, -1)[member_idx]  # (M, E)
     for frame, quota in enumerate(quotas):  # earliest anchor frame first
         if quota <= 0:
             continue
@@ -251,14 +269,19 @@ def merge_context(
         w = torch.clamp(1.0 / (counts + 1.0), min=mu)[:, None]  # w = max(1/(n+1), mu)
         w = torch.where(counts[:, None] > 0, w, torch.ones_like(w))
         merged.append(w * anchor_x + (1 - w) * mean)
+        if members_v is not None:  # the same anchors, members and weights on the value channels
+            anchor_v = values[frame, picked]
+            mean_v = torch.zeros_like(anchor_v).index_add_(0, joined, members_v) / counts.clamp_min(1)[:, None]
+            merged_v.append(w * anchor_v + (1 - w) * mean_v)
         anchors.append(frame * n + picked)
         sims.append(sim)
     if not anchors:
-        return seg.new_zeros(0, dim), torch.zeros(0, dtype=torch.long, device=seg.device), owner
+        empty_v = None if values is None else values.new_zeros(0, values.shape[-1])
+        return seg.new_zeros(0, dim), torch.zeros(0, dtype=torch.long, device=seg.device), owner, empty_v
     anchor_flat = torch.cat(anchors)  # (B,)
     owner[member_idx] = torch.cat(sims, dim=1).argmax(dim=1)  # most similar anchor of the segment
     owner[anchor_flat] = torch.arange(anchor_flat.shape[0], device=seg.device)
-    return torch.cat(merged), anchor_flat, owner
+    return torch.cat(merged), anchor_flat, owner, torch.cat(merged_v) if values is not None else None
 
 
 class InfoMerge(Compressor):
@@ -367,18 +390,24 @@ class InfoMerge(Compressor):
         cfg = self.config
         n, dim = x.shape[1], x.shape[2]
         seg = x[a:b]  # (V, N, D)
+        # DeepStack channels (V, N, L*D): every decision below comes from the tokens only and is
+        # applied to them unchanged (docs/algorithms.md, "DeepStack")
+        extra = deepstack_values(grid, a, b)
         if self.use_tfd:
             tfd = temporal_fingerprint_difference(seg) if tfd is None else tfd
             static = static_positions(tfd, b - a, self.rho)
             chosen = select_salient(sal[a:b], salient_count, static, cfg.lam)
             seg = carry_static(seg, chosen, static)  # ATS and DTM both see the carried tokens
+            extra = None if extra is None else carry_static(extra, chosen, static)
         else:
             static = None
             no_static = torch.zeros(n, dtype=torch.bool, device=sal.device)
             chosen = select_salient(sal[a:b], salient_count, no_static, 0.0)
         frame_idx, pos_idx = torch.nonzero(chosen, as_tuple=True)  # (V*T_s,) each
         salient_x = seg[frame_idx, pos_idx]  # (V*T_s, D)
-        ctx_x, ctx_flat, ctx_owner = merge_context(seg, chosen, quota, static, knn=cfg.knn, mu=cfg.mu)
+        ctx_x, ctx_flat, ctx_owner, ctx_v = merge_context_values(
+            seg, chosen, quota, static, knn=cfg.knn, mu=cfg.mu, values=extra
+        )
         # provenance: a salient token stands for itself, context tokens for their members
         n_salient = frame_idx.shape[0]
         owner = torch.where(ctx_owner >= 0, ctx_owner + n_salient, ctx_owner)
@@ -389,6 +418,7 @@ class InfoMerge(Compressor):
             sims = F.normalize(seg.reshape(-1, dim)[orphans], dim=-1) @ F.normalize(kept_x, dim=-1).T
             owner[orphans] = sims.argmax(dim=1)  # the most similar kept token
         kept = kept_x.shape[0]
+        kept_v = None if extra is None else torch.cat([extra[frame_idx, pos_idx], ctx_v])
         return finish_segment(
             grid,
             a,
@@ -402,6 +432,7 @@ class InfoMerge(Compressor):
             segment_index=grid.segment_index + k,
             uniqueness_value=uniq,
             stats=stats,
+            deepstack=kept_v,
         )
 
 

@@ -5,7 +5,8 @@ repeated bipartite soft matching (tokens alternate into two sets in temporal
 order; each token of set A proposes its most cosine-similar token of set B; the
 most similar proposals merge). Merges are size-weighted averages; sizes add; the
 merged token keeps the position and time of its largest member (the earlier one
-on ties), so provenance survives.
+on ties), so provenance survives. A segment's DeepStack levels ride along as extra
+channels: matched on the tokens alone, averaged with the same weights.
 
 :func:`remerge_many` runs the same rounds for many segments at once (padded into one
 batch), which is what a question that shows dozens of segments at a coarse grain needs.
@@ -23,19 +24,21 @@ __all__ = ["remerge", "remerge_many", "merge_step"]
 
 
 def merge_step(
-    x: torch.Tensor, sizes: torch.Tensor, order_key: torch.Tensor, count: int
+    x: torch.Tensor, sizes: torch.Tensor, order_key: torch.Tensor, count: int, match_dim: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One bipartite round merging ``count`` tokens away.
 
-    x: fp32 [n, D]; sizes: [n]; order_key: [n] (temporal order; lower wins ties).
-    count <= n // 2. Returns (representative: input index of each output token
+    x: fp32 [n, C]; sizes: [n]; order_key: [n] (temporal order; lower wins ties); match_dim:
+    similarity uses the first ``match_dim`` channels only (the tokens; the rest are carried
+    channels such as DeepStack levels), all channels are averaged. count <= n // 2.
+    Returns (representative: input index of each output token
     [n - count], new tokens [n - count, D], new sizes [n - count], destination:
     output index of every input token [n]).
     """
     n = x.shape[0]
     a_idx = torch.arange(0, n, 2, device=x.device)  # (na,)
     b_idx = torch.arange(1, n, 2, device=x.device)  # (nb,)
-    xn = F.normalize(x, dim=-1)
+    xn = F.normalize(x[:, :match_dim], dim=-1)
     sim = xn[a_idx] @ xn[b_idx].T  # (na, nb)
     best_sim, best_b = sim.max(dim=1)  # (na,)
     merged_a = torch.argsort(best_sim, descending=True, stable=True)[:count]  # rows of A merged away
@@ -67,13 +70,14 @@ def merge_step(
 def remerge(segment: CompressedSegment, budget: int) -> CompressedSegment:
     """Merge ``segment`` down to ``budget`` tokens (identity when it already fits).
 
-    Keeps the sum of sizes, positions and times of representatives, temporal order.
+    Keeps the sum of sizes, positions and times of representatives, temporal order; DeepStack
+    levels, when the segment has them, get the same merges as the tokens.
     """
     if budget < 1:
         raise BudgetError(f"cannot re-merge a segment to {budget} tokens; keep at least 1 or evict the segment")
     if segment.budget <= budget:
         return segment
-    x = segment.tokens.float()  # (n, D)
+    x = _channels(segment)  # (n, (1 + L) * D)
     sizes = segment.sizes.clone()
     positions, times = segment.positions, segment.times
     h, w = segment.grid_size
@@ -83,7 +87,7 @@ def remerge(segment: CompressedSegment, budget: int) -> CompressedSegment:
     owner = segment.owner
     while x.shape[0] > budget:
         count = min(x.shape[0] - budget, x.shape[0] // 2)
-        rep, x, sizes, destination = merge_step(x, sizes, order_key, count)
+        rep, x, sizes, destination = merge_step(x, sizes, order_key, count, match_dim=segment.dim)
         # back to temporal order so the next round alternates neighbours in time
         order = torch.argsort(order_key[rep], stable=True)
         rep, x, sizes = rep[order], x[order], sizes[order]
@@ -93,21 +97,41 @@ def remerge(segment: CompressedSegment, budget: int) -> CompressedSegment:
             owner = rank[destination[owner.to(destination.device)]].cpu()
         order_key = order_key[rep]
         positions, times = positions[rep.cpu()], times[rep.cpu()]
+    tokens, deepstack = _split(segment, x)
     return segment.with_tokens(
-        tokens=x.to(segment.tokens.dtype),
+        tokens=tokens,
         sizes=sizes.long().cpu(),
         positions=positions,
         times=times,
         owner=owner,
+        deepstack=deepstack,
     )
+
+
+def _channels(segment: CompressedSegment) -> torch.Tensor:
+    """fp32 [n, (1 + L) * D]: the tokens, then each DeepStack level, side by side."""
+    if segment.deepstack is None:
+        return segment.tokens.float()
+    levels = segment.deepstack.to(segment.tokens.device).float()  # (L, n, D)
+    return torch.cat([segment.tokens.float(), *levels], dim=1)
+
+
+def _split(segment: CompressedSegment, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Merged channels back to (tokens [n, D], deepstack [L, n, D] or None) in the stored dtypes."""
+    dim = segment.dim
+    tokens = x[:, :dim].to(segment.tokens.dtype)
+    if segment.deepstack is None:
+        return tokens, None
+    levels = x[:, dim:].reshape(x.shape[0], segment.deepstack_levels, dim).transpose(0, 1)
+    return tokens, levels.to(device=segment.deepstack.device, dtype=segment.deepstack.dtype).contiguous()
 
 
 def remerge_many(segments: list[CompressedSegment], budgets: list[int]) -> list[CompressedSegment]:
     """``[remerge(s, b) for s, b in zip(segments, budgets)]``, computed as one padded batch per round.
 
     The rounds, tie rules and provenance are those of :func:`remerge` (tested equal); the
-    batch runs on the segments' device. Segments of another width than the first are
-    re-merged one by one.
+    batch runs on the segments' device. Segments whose width or DeepStack levels differ from
+    the first's are re-merged one by one.
     """
     if len(segments) != len(budgets):
         raise BudgetError(f"remerge_many got {len(segments)} segments but {len(budgets)} budgets; give one budget each")
@@ -118,24 +142,25 @@ def remerge_many(segments: list[CompressedSegment], budgets: list[int]) -> list[
     todo = [i for i, (s, b) in enumerate(zip(segments, budgets)) if s.budget > b]
     if not todo:
         return out
-    dim = segments[todo[0]].dim
-    for i in [i for i in todo if segments[i].dim != dim]:
+    shape = (segments[todo[0]].dim, segments[todo[0]].deepstack_levels)
+    for i in [i for i in todo if (segments[i].dim, segments[i].deepstack_levels) != shape]:
         out[i] = remerge(segments[i], budgets[i])
-    todo = [i for i in todo if segments[i].dim == dim]
+    todo = [i for i in todo if (segments[i].dim, segments[i].deepstack_levels) == shape]
     if len(todo) == 1:
         out[todo[0]] = remerge(segments[todo[0]], budgets[todo[0]])
         return out
     batch = [segments[i] for i in todo]
     device = batch[0].tokens.device
+    dim, channels = shape[0], shape[0] * (1 + shape[1])
     count_s, m = len(batch), max(s.budget for s in batch)
-    x = torch.zeros(count_s, m, dim, device=device)
+    x = torch.zeros(count_s, m, channels, device=device)
     sizes = torch.zeros(count_s, m, dtype=torch.long, device=device)
     order_key = torch.zeros(count_s, m, dtype=torch.long, device=device)
     for j, seg in enumerate(batch):
         n = seg.budget
         h, w = seg.grid_size
         pos = seg.positions.to(device)
-        x[j, :n] = seg.tokens.to(device).float()
+        x[j, :n] = _channels(seg).to(device)
         sizes[j, :n] = seg.sizes.to(device)
         order_key[j, :n] = (pos[:, 0] * h + pos[:, 1]) * w + pos[:, 2]
     length = torch.tensor([s.budget for s in batch], device=device)
@@ -144,7 +169,9 @@ def remerge_many(segments: list[CompressedSegment], budgets: list[int]) -> list[
     owners = [s.owner for s in batch]
     while bool((length > target).any()):
         count = torch.minimum(length - target, length // 2).clamp(min=0)
-        x, sizes, order_key, origin, length, destination = _merge_round(x, sizes, order_key, origin, length, count)
+        x, sizes, order_key, origin, length, destination = _merge_round(
+            x, sizes, order_key, origin, length, count, match_dim=dim
+        )
         for j, owner in enumerate(owners):
             if owner is not None and int(count[j]) > 0:
                 owners[j] = destination[j][owner.to(device)].cpu()
@@ -152,12 +179,14 @@ def remerge_many(segments: list[CompressedSegment], budgets: list[int]) -> list[
     for j, (i, seg) in enumerate(zip(todo, batch)):
         n = lengths[j]
         keep = origin[j, :n].cpu()
+        tokens, deepstack = _split(seg, x[j, :n])
         out[i] = seg.with_tokens(
-            tokens=x[j, :n].to(seg.tokens.dtype),
+            tokens=tokens,
             sizes=sizes[j, :n].cpu(),
             positions=seg.positions[keep],
             times=seg.times[keep],
             owner=owners[j],
+            deepstack=deepstack,
         )
     return out
 
@@ -169,15 +198,17 @@ def _merge_round(
     origin: torch.Tensor,
     length: torch.Tensor,
     count: torch.Tensor,
+    match_dim: int,
 ) -> tuple[torch.Tensor, ...]:
     """One :func:`merge_step` for every row of a padded batch (row j: ``length[j]`` valid
-    tokens, ``count[j]`` merged away), then back to temporal order; returns the new
-    (x, sizes, order_key, origin, length) and ``destination`` [S, m] (new slot of every old one)."""
+    tokens, ``count[j]`` merged away; similarity on the first ``match_dim`` channels), then
+    back to temporal order; returns the new (x, sizes, order_key, origin, length) and
+    ``destination`` [S, m] (new slot of every old one)."""
     count_s, m, dim = x.shape
     device = x.device
     slot = torch.arange(m, device=device)
     valid = slot[None, :] < length[:, None]  # (S, m)
-    xn = F.normalize(x, dim=-1)
+    xn = F.normalize(x[..., :match_dim], dim=-1)
     sim = xn[:, 0::2] @ xn[:, 1::2].transpose(1, 2)  # (S, na, nb)
     sim = sim.masked_fill(~valid[:, None, 1::2], -torch.inf)
     best_sim, best_b = sim.max(dim=2)  # (S, na)

@@ -15,22 +15,32 @@ substring of the model name) and imports it then.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamvid.errors import UnknownNameError
 
-__all__ = ["ADAPTERS", "adapter_class", "list_adapters", "load_adapter"]
+if TYPE_CHECKING:
+    from streamvid.models.base import Capabilities
+
+__all__ = ["ADAPTERS", "adapter_capabilities", "adapter_class", "list_adapters", "load_adapter"]
 
 # model_type -> "module:Class"
 ADAPTERS: dict[str, str] = {
     "llava_onevision": "streamvid.models.llava_onevision:LlavaOneVision",
     "qwen2_5_vl": "streamvid.models.qwen2_5_vl:Qwen25VL",
+    "qwen3_5": "streamvid.models.qwen3_5:Qwen35",
+    "qwen3_vl": "streamvid.models.qwen3_vl:Qwen3VL",
 }
 
 
 def list_adapters() -> list[str]:
     """Supported checkpoint ``model_type`` values."""
     return sorted(ADAPTERS)
+
+
+def adapter_capabilities() -> dict[str, Capabilities]:
+    """Every adapter's declared :class:`Capabilities`, by ``model_type`` (imports the adapters)."""
+    return {name: adapter_class(name).capabilities for name in list_adapters()}
 
 
 def adapter_class(model_type: str) -> type:

@@ -62,6 +62,13 @@ class Capabilities:
     position_layouts: the ``position_layout`` values :meth:`VideoLLM.build_prefill` accepts
         (the first is the default).
     score_maps: the :attr:`TokenGrid.scores` maps ``encode(..., attention_scores=True)`` can fill.
+    deepstack: the tower also gives features of earlier vision layers that are added into the
+        first LLM layers at the visual positions (Qwen3-VL); compression carries them.
+    timestamps: how the prompt tells the model when a frame was: "none", "temporal-position"
+        (the M-RoPE temporal index follows seconds) or "text" (a "<t seconds>" text before
+        each kept frame, as Qwen3-VL and Qwen3.5 do).
+    attention: "full", or "hybrid" (linear-attention layers beside full ones: prefill cost grows
+        linearly in the prompt for those layers, so compression saves less of it).
     """
 
     positions: Literal["1d", "mrope"]
@@ -70,6 +77,9 @@ class Capabilities:
     saliency: str
     position_layouts: tuple[str, ...] = ("original",)
     score_maps: tuple[str, ...] = ()
+    deepstack: bool = False
+    timestamps: Literal["none", "temporal-position", "text"] = "none"
+    attention: Literal["full", "hybrid"] = "full"
 
 
 @dataclass

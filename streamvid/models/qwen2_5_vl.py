@@ -38,6 +38,7 @@ class Qwen25VL(VideoLLM):
             "pooling head to re-attach"
         ),
         position_layouts=("original",),
+        timestamps="temporal-position",
     )
     model_class = "Qwen2_5_VLForConditionalGeneration"
 
