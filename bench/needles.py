@@ -8,12 +8,18 @@ the raw tokens by default); keys are the mean head embedding of each segment.
 Reported per needle: did its segment survive, the coverage of the needle's tokens
 by what its segment kept, and the retrieval rank of its segment when the query is
 the needle image's own embedding (recall@1, @5).
+
+The memory stores its tokens as ``token_dtype`` (memory/quant.py); :func:`run_dtypes`
+runs the same stream for several dtypes side by side, under the same token cap and
+under the same byte cap (the bytes float16 needs for that many tokens, so a quantized
+memory holds more tokens there).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +31,23 @@ from bench.metrics import coverage
 from bench.parts import Part
 from bench.report import table
 from memory import TokenMemory
+from memory.config import MemoryConfig
 from streamvid.compress import create_compressor
 from streamvid.compress.dyseg import CutRule, streaming_boundaries
+from streamvid.errors import ConfigError
 from streamvid.types import TokenGrid
 
-__all__ = ["build_stream", "needle_material", "run_needles"]
+__all__ = [
+    "build_stream",
+    "dtype_markdown",
+    "dtype_table",
+    "needle_material",
+    "run_dtypes",
+    "run_needles",
+    "run_needles_dtypes",
+]
+
+CAP_UNITS = ("tokens", "bytes")
 
 
 def needle_material(progress: Any) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
@@ -117,16 +135,30 @@ def run_needles(
     root: Path | None = None,
     compressor: str = "infomerge",
     progress: Any = None,
+    token_dtype: str = "float16",
+    cap_unit: str = "tokens",
 ) -> dict[str, Any]:
+    """Ingest ``stream`` into a TokenMemory storing ``token_dtype`` under a cap of ``cap_fraction``
+    of the raw tokens, then score every needle. cap_unit "tokens": that many tokens
+    (``cap_tokens``); "bytes": the bytes float16 storage needs for them (``cap_bytes``), so a
+    quantized memory holds more tokens under it."""
     say = progress.log if progress is not None else (lambda *_: None)
+    if cap_unit not in CAP_UNITS:
+        raise ConfigError(f"cap_unit must be one of {CAP_UNITS}, got {cap_unit!r}")
     grid_all, heads = stream["grid"], stream["heads"]
-    total, h, w, _ = grid_all.shape
-    cap = int(cap_fraction * total * h * w)
+    total, h, w, dim = grid_all.shape
+    raw_cap = int(cap_fraction * total * h * w)
+    if cap_unit == "tokens":
+        limit: dict[str, int] = {"cap_tokens": raw_cap}
+    else:
+        limit = {"cap_bytes": raw_cap * MemoryConfig(cap_tokens=1, dtype="float16").token_bytes(dim)}
+    config = MemoryConfig(**limit, dtype=token_dtype)
+    cap = config.token_cap(dim)
     # the streaming segmentation rule (identical to StreamingSegmenter on these features)
     bounds = streaming_boundaries(grid_all.mean(dim=(1, 2)), CutRule(tau_seg=0.9, min_len=2, max_len=16))
     comp = create_compressor(compressor, ratio=ratio)
     root = root or Path(tempfile.mkdtemp(prefix="streamvid-needles-"))
-    mem = TokenMemory(root / "mem", cap_tokens=cap)
+    mem = TokenMemory(root / f"mem-{token_dtype}-{cap_unit}", config)
     t0 = time.perf_counter()
     segment_of: dict[int, tuple[int, int]] = {}
     max_held = 0
@@ -140,7 +172,10 @@ def run_needles(
         if max_held > cap:
             raise AssertionError(f"cap exceeded: {max_held} > {cap}")
     ingest_s = time.perf_counter() - t0
-    say(f"{len(bounds) - 1} segments ingested in {ingest_s:.1f} s; {mem.stats().tokens_held}/{cap} tokens held")
+    say(
+        f"{token_dtype}, cap in {cap_unit}: {len(bounds) - 1} segments ingested in {ingest_s:.1f} s; "
+        f"{mem.stats().tokens_held}/{cap} tokens held"
+    )
     rows = {}
     for name, (n0, n1) in stream["needles"].items():
         sids = [sid for sid, (a, b) in segment_of.items() if a < n1 and b > n0]
@@ -164,14 +199,23 @@ def run_needles(
             "tokens": sum(infos[s].tokens for s in sids),
         }
     stats = mem.stats()
+    shard_bytes = mem.shards.disk_bytes()
     timeline = [{"start": s.start, "end": s.end, "tokens": s.tokens, "evicted": s.evicted} for s in mem.timeline()]
     mem.close()
     n = len(rows)
     return {
         "hours": total / 3600,
         "segments": len(bounds) - 1,
+        "token_dtype": token_dtype,
+        "cap_unit": cap_unit,
         "cap_tokens": cap,
+        "cap_bytes": config.cap_bytes,
+        "cap_raw_tokens": raw_cap,
         "max_tokens_held": max_held,
+        "tokens_held": stats.tokens_held,
+        "bytes_held": stats.bytes_held,
+        "disk_bytes": stats.disk_bytes,
+        "shard_bytes": shard_bytes,
         "ratio": ratio,
         "compressor": compressor,
         "ingest_seconds": ingest_s,
@@ -191,6 +235,90 @@ def run(profile: Any, progress: Any = None) -> dict[str, Any]:
     base, heads, material = needle_material(progress)
     stream = build_stream(base, heads, material, hours=profile.needles_hours)
     return run_needles(stream, cap_fraction=0.01, progress=progress)
+
+
+def run_needles_dtypes(
+    stream: dict[str, Any],
+    dtypes: Sequence[str] = ("float16", "int8"),
+    cap_units: Sequence[str] = CAP_UNITS,
+    cap_fraction: float = 0.01,
+    ratio: float = 0.15,
+    compressor: str = "infomerge",
+    progress: Any = None,
+) -> dict[str, Any]:
+    """:func:`run_needles` on one stream for every (cap unit, token_dtype), each in its own memory
+    (removed afterwards); -> {"runs": [...]}, each run with its needle rows and ranks, without
+    its per-segment timeline."""
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="streamvid-needles-") as tmp:
+        for unit in cap_units:
+            for dt in dtypes:
+                r = run_needles(stream, cap_fraction, ratio, Path(tmp), compressor, progress, dt, unit)
+                r["needle_ranks"] = {k: v["rank"] for k, v in r["needles"].items()}
+                r["needles_survived"] = sum(v["survived"] for v in r["needles"].values())
+                r["needles_total"] = len(r["needles"])
+                r.pop("timeline")
+                runs.append(r)
+    return {"cap_fraction": cap_fraction, "ratio": ratio, "compressor": compressor, "runs": runs}
+
+
+def run_dtypes(profile: Any, progress: Any = None) -> dict[str, Any]:
+    """:func:`run_needles_dtypes` at the sizes of ``profile`` (``quant_needle_dtypes``, ``quant_needles_hours``)."""
+    base, heads, material = needle_material(progress)
+    stream = build_stream(base, heads, material, hours=profile.quant_needles_hours)
+    return run_needles_dtypes(stream, profile.quant_needle_dtypes, progress=progress)
+
+
+def dtype_table(result: dict[str, Any]) -> str:
+    """One row per (cap, token_dtype): needles survived, recall@1/@5, tokens held / cap, bytes."""
+    rows = []
+    for r in result["runs"]:
+        cap = f"{r['cap_tokens']} tokens" if r["cap_unit"] == "tokens" else f"{r['cap_bytes']:,} bytes"
+        rows.append(
+            [
+                cap,
+                r["token_dtype"],
+                f"{r['needles_survived']}/{r['needles_total']}",
+                f"{r['recall_at_1']:.0%}",
+                f"{r['recall_at_5']:.0%}",
+                f"{r['tokens_held']}/{r['cap_tokens']}",
+                f"{r['bytes_held']:,}",
+                f"{r['disk_bytes']:,}",
+                f"{r['coverage_mean']:.3f}",
+            ]
+        )
+    return table(
+        [
+            "cap",
+            "stored as",
+            "needles survived",
+            "recall@1",
+            "recall@5",
+            "tokens held / cap",
+            "payload bytes",
+            "bytes on disk",
+            "coverage mean",
+        ],
+        rows,
+    )
+
+
+def dtype_markdown(result: dict[str, Any]) -> str:
+    """The needle stream per token_dtype: what was run, the table."""
+    first = result["runs"][0]
+    return "\n".join(
+        [
+            f"## Needles under a {result['cap_fraction']:.0%} cap per token_dtype",
+            "",
+            f"{first['hours']:.1f} h of 1 fps real features, {first['needles_total']} needles, {first['segments']} "
+            f"segments, {result['compressor']} at {result['ratio']:.0%}. Cap in tokens: {first['cap_raw_tokens']} "
+            "for every dtype; cap in bytes: the bytes float16 storage needs for that many tokens (payload: vectors "
+            "with their scales plus 40 bytes of provenance a token). Bytes on disk: every file of the memory.",
+            "",
+            dtype_table(result),
+            "",
+        ]
+    )
 
 
 def plot(result: dict[str, Any], out: Path) -> list[Path]:
