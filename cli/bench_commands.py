@@ -128,12 +128,27 @@ def memory(
     quick: Annotated[bool, typer.Option(help="10^3/10^4 segments and 1 hour")] = False,
 ) -> None:
     """Search latency, rebalance time, bytes per hour, RSS over time."""
-    from bench.memory_speed import run_memory_benchmark, summary
+    from bench.memory_speed import run, summary
     from bench.profiles import get_profile
 
-    p = get_profile("quick" if quick else "full")
-    report = run_memory_benchmark(p.memory_search_sizes, p.memory_rebalance_segments, p.memory_hours, progress=console)
+    report = run(get_profile("quick" if quick else "full"), progress=console)
     for line in summary(report):
+        console.print(line)
+    _write_json(report, out)
+
+
+@app.command("live")
+def live(
+    out: Annotated[Path, typer.Option(help="JSON output")] = Path("bench-out/live.json"),
+    quick: Annotated[bool, typer.Option(help="short streams and few questions")] = False,
+) -> None:
+    """The live path: frame-to-searchable latency, encoder batching, question latency vs memory length."""
+    from bench.live_latency import run, summary
+    from bench.profiles import get_profile
+
+    report = run(get_profile("quick" if quick else "full"), progress=console)
+    lines = summary(report)
+    for line in [lines] if isinstance(lines, str) else lines:
         console.print(line)
     _write_json(report, out)
 

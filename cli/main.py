@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from cli import bench_commands, commands
+from cli import bench_commands, cluster_commands, commands, serve_commands
 from cli.common import OPTIONS, configure_logging, report_error, restore_logging
 
 __all__ = ["StreamvidGroup", "app", "main"]
@@ -70,7 +70,10 @@ def global_options(
 for command in (commands.ingest, commands.watch, commands.ask, commands.inspect, commands.demo):
     app.command()(command)
 app.command("sample-video")(commands.sample_video)
+app.command()(serve_commands.serve)
+app.command()(serve_commands.mcp)
 app.add_typer(bench_commands.app, name="bench")
+app.add_typer(cluster_commands.app, name="cluster")
 
 
 def main() -> None:

@@ -430,9 +430,10 @@ def _commands():
     root = get_command(app)
     yield "streamvid", root
     for name, command in root.commands.items():
-        if name == "bench":
-            for sub, bench in command.commands.items():
-                yield f"streamvid bench {sub}", bench
+        subs = getattr(command, "commands", None)  # a group: bench, cluster
+        if subs:
+            for sub, leaf in subs.items():
+                yield f"streamvid {name} {sub}", leaf
         else:
             yield f"streamvid {name}", command
 

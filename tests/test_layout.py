@@ -59,7 +59,7 @@ def test_python_m_cli_and_the_installed_command_list_the_same_commands():
     script = subprocess.run([installed, "--help"], capture_output=True, text=True, check=True)
     names = command_names(module.stdout)
     assert names == command_names(script.stdout)
-    assert {"ingest", "watch", "ask", "inspect", "demo", "sample-video", "bench"} <= set(names)
+    assert {"ingest", "watch", "ask", "inspect", "demo", "sample-video", "bench", "serve", "mcp"} <= set(names)
 
 
 def test_benchmark_parts_are_registered_by_name():
