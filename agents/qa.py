@@ -2,8 +2,11 @@
 
 The question-time token budget. A question gets ``max_visual_tokens`` for its video block
 (time texts, markers and segment tokens; default :data:`VISUAL_FRACTION` of the model's
-context). Every live segment of the asked time range and streams is a candidate (at most
-``k`` retrieved when ``k`` is given), ranked by retrieval score; the newest segment of each
+context). The candidates are the live segments of the asked time range and streams that the
+budget could show: the top ones by retrieval score and as many again spread evenly over the
+asked time (``TokenMemory.cover``), as many as fit at one token each (at most ``k`` retrieved
+when ``k`` is given), so a question costs the same over an hour or a month of video. They are
+ranked by retrieval score; the newest segment of each
 stream and, in live mode, the still-open segment come first. :func:`plan_visual_budget` shares
 the budget: the most relevant keep their stored tokens (up to :data:`RELEVANT_SHARE` of it),
 the rest of the budget covers the other candidates at one token each (when not all fit, the
@@ -182,21 +185,32 @@ def plan_visual_budget(
 
 def _spread(order: list[int], starts: Sequence[float], count: int) -> list[int]:
     """``count`` candidates: all when they fit, else the top half by relevance (``order``) and the
-    rest evenly spaced in time over the others."""
+    rest evenly spaced in time over the others: for each of ``need`` evenly spaced times over
+    their span, the unpicked candidate that starts nearest it (the candidates themselves need not
+    be evenly spaced: the top hits of a search cluster where the question matches)."""
     if count >= len(order):
         return list(order)
     top = order[: count // 2]
     others = sorted(order[count // 2 :], key=lambda i: (starts[i], i))  # time order
     need = count - len(top)
-    step = len(others) / need
-    return top + [others[min(len(others) - 1, int((j + 0.5) * step))] for j in range(need)]
+    at = torch.tensor([float(starts[i]) for i in others], dtype=torch.float64)
+    lo, hi = float(at[0]), float(at[-1])
+    free = torch.ones(len(others), dtype=torch.bool)
+    picked = []
+    for j in range(need):
+        target = lo + (j + 0.5) * (hi - lo) / need
+        dist = torch.where(free, (at - target).abs(), torch.inf)
+        best = int(torch.argmin(dist))  # the earliest on ties
+        free[best] = False
+        picked.append(others[best])
+    return top + sorted(picked, key=lambda i: (starts[i], i))
 
 
 class VideoQA:
     """Answers questions from a memory with a Video-LLM.
 
-    k: at most this many retrieved segments per question (None: every segment of the asked
-    range competes for the budget). live: always include the newest segment of each asked
+    k: at most this many retrieved segments per question (None: the budget decides, see
+    :meth:`retrieve`). live: always include the newest segment of each asked
     stream and, when ``open_segments`` is given and the question touches "now", the streams'
     still-open segments. max_visual_tokens: the video block's budget (default
     :data:`VISUAL_FRACTION` of the context; see the module docstring). max_prefill_tokens: the
@@ -245,21 +259,39 @@ class VideoQA:
     def _streams(self, streams: Sequence[str] | None) -> list[str]:
         return list(streams) if streams else self.memory.streams()
 
+    def showable(self, budget: int) -> int:
+        """The most segments a video block of ``budget`` tokens can show (one token each)."""
+        own = self.llm.visual_block_length([_Slot(0.0, 0)]) - self.llm.visual_block_length([])
+        return max(1, budget // (1 + max(0, own)))
+
     def retrieve(
-        self, question: str, k: int | None, time_range: tuple[float, float] | None, streams: Sequence[str] | None
+        self,
+        question: str,
+        k: int | None,
+        time_range: tuple[float, float] | None,
+        streams: Sequence[str] | None,
+        *,
+        budget: int | None = None,
     ) -> list[tuple[SegmentInfo, float | None]]:
-        """Segments for a question, best first, live and evicted (every one when ``k`` is None)."""
-        if k is None:
-            k = max(1, self.memory.segment_counts()[0])
+        """Segments for a question, live and evicted: the top ``k`` by score, best first; when
+        ``k`` is None, the top ones a ``budget``-token block could show (default: the instance's
+        max_visual_tokens) and after them as many spread evenly over the asked time. A
+        recency-only embedder reads the asked timeline whole (newest first)."""
         if self.embedder.recency_only:
             infos = [
                 s for name in self._streams(streams) for s in self.memory.timeline(name, *(time_range or (None, None)))
             ]
-            infos.sort(key=lambda s: s.end, reverse=True)
-            return [(s, None) for s in infos[:k]]
+            infos.sort(key=lambda s: s.end, reverse=True)  # the timeline is read whole: all compete
+            return [(s, None) for s in (infos[:k] if k else infos)]
+        show = self.showable(budget or self.max_visual_tokens)
         query = self.embedder.embed_text([question])
-        (hits,) = self.memory.search(query, k=k, time_range=time_range, streams=streams)
-        return [(h.segment, h.score) for h in hits]
+        (hits,) = self.memory.search(query, k=k or show, time_range=time_range, streams=streams)
+        found = [(h.segment, h.score) for h in hits]
+        if k is None:
+            have = {h.segment.id for h in hits}
+            (spread,) = self.memory.cover(query, show, time_range=time_range, streams=streams)
+            found += [(h.segment, h.score) for h in spread if h.segment.id not in have]
+        return found
 
     def ask(
         self,
@@ -287,7 +319,7 @@ class VideoQA:
         now = self.memory.end_time(streams)
         if time_range is None:
             time_range = parse_time_range(question, now)
-        found = self.retrieve(question, k, time_range, streams)
+        found = self.retrieve(question, k, time_range, streams, budget=budget)
         if time_range is not None:  # every segment of the asked time, to tell what was evicted
             covered = {s.id for s, _ in found}
             for name in self._streams(streams):

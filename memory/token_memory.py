@@ -228,6 +228,14 @@ class _Catalog:
         m = self.mask(None, streams)
         return float(self.end[m].max()) if m.any() else None
 
+    def spread(self, count: int, time_range: tuple[float, float] | None, streams: Sequence[str] | None) -> list[int]:
+        """Ids of up to ``count`` segments of the filter evenly spaced in time (by start), in time order."""
+        ids = np.flatnonzero(self.mask(time_range, streams))
+        ordered = ids[np.argsort(self.start[ids], kind="stable")]
+        if len(ordered) > count:
+            ordered = ordered[((np.arange(count) + 0.5) * len(ordered) / count).astype(np.int64)]
+        return ordered.tolist()
+
     def mask(self, time_range: tuple[float, float] | None, streams: Sequence[str] | None) -> np.ndarray:
         """bool [max id + 1]: segments overlapping ``time_range`` in ``streams``."""
         m = self.present.copy()
@@ -1098,6 +1106,44 @@ class TokenMemory:
             infos = self.manifest.infos(sorted({int(i) for i in found.flatten() if i >= 0}))
         return [
             [Hit(float(s), infos[int(i)]) for s, i in zip(srow, irow) if i >= 0 and int(i) in infos]
+            for srow, irow in zip(scores, found)
+        ]
+
+    def cover(
+        self,
+        queries: torch.Tensor | np.ndarray,
+        count: int,
+        time_range: tuple[float, float] | None = None,
+        streams: Sequence[str] | None = None,
+    ) -> list[list[Hit]]:
+        """Up to ``count`` segments (live or evicted) evenly spaced in time over the filter, scored
+        against each query, in time order: what a coarse view of a long range draws from, beside
+        the top-k of :meth:`search`. Reads the in-memory catalog and scores just those keys (an
+        exact scan), so its cost does not grow with the memory."""
+        q = np.asarray(
+            queries.detach().cpu().float() if isinstance(queries, torch.Tensor) else queries, dtype=np.float32
+        )
+        q = q.reshape(1, -1) if q.ndim == 1 else q
+        if self._index is None or count < 1:
+            return [[] for _ in range(q.shape[0])]
+        if q.shape[1] != self.key_dim:
+            raise ShapeError(f"queries must have {self.key_dim} dims (the memory's keys), got {q.shape[1]}")
+        if time_range is not None:
+            time_filter(time_range, None)
+        with self._lock.read():
+            ids = self._catalog.spread(count, time_range, streams)
+            if not ids:
+                return [[] for _ in range(q.shape[0])]
+            allowed = np.zeros(len(self._catalog.present), dtype=bool)
+            allowed[ids] = True
+            scores, found = self._index.search(q, len(ids), allowed)
+            infos = self.manifest.infos(ids)
+        rank = {sid: j for j, sid in enumerate(ids)}  # time order
+        return [
+            sorted(
+                (Hit(float(sc), infos[int(i)]) for sc, i in zip(srow, irow) if i >= 0 and int(i) in infos),
+                key=lambda h: rank[h.segment.id],
+            )
             for srow, irow in zip(scores, found)
         ]
 

@@ -124,3 +124,30 @@ def test_richness_survives_an_eigen_solver_that_fails_in_fp32(monkeypatch):
 
     monkeypatch.setattr(torch.linalg, "eigvalsh", fails_in_fp32)
     assert spectral_richness(x) == pytest.approx(expected, abs=1e-6)
+
+
+def test_water_fill_stops_early_with_the_full_bisection_s_result():
+    """The bisection stops once its bounds are adjacent floats: bit-identical to 200 full steps."""
+    from streamvid.compress.caba import _water_fill
+
+    def full(weights, total, lo, hi):
+        lam_lo, lam_hi = 0.0, 1.0
+        while torch.clamp(lam_hi * weights, lo, hi).sum() < total:
+            lam_hi *= 2.0
+        for _ in range(200):
+            mid = 0.5 * (lam_lo + lam_hi)
+            if torch.clamp(mid * weights, lo, hi).sum() < total:
+                lam_lo = mid
+            else:
+                lam_hi = mid
+        return torch.clamp(lam_hi * weights, lo, hi)
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        k = int(torch.randint(1, 300, (1,), generator=g))
+        w = torch.rand(k, generator=g, dtype=torch.float64) ** 3
+        w = (w / w.max()).clamp_min(1e-12)
+        hi = torch.randint(1, 200, (k,), generator=g).double()
+        lo = torch.minimum(torch.ones(k, dtype=torch.float64), hi)
+        total = float(torch.randint(int(lo.sum()), int(hi.sum()) + 1, (1,), generator=g))
+        assert torch.equal(_water_fill(w, total, lo, hi), full(w, total, lo, hi))

@@ -338,3 +338,30 @@ def test_shared_encoder_batches_streams_and_returns_each_its_own_frames():
         assert grid.num_frames == count and bool((grid.tokens == value).all())
         assert torch.equal(grid.timestamps, torch.arange(count, dtype=torch.float64) + value)
     assert not worker._thread.is_alive()
+
+
+def test_candidates_are_what_the_budget_can_show_top_and_spread_over_the_time(llm, hour):
+    """With k None a question draws the top segments a budget could show plus as many spread
+    evenly over the asked time (TokenMemory.cover), never the whole memory."""
+    from agent_helpers import ColorEmbedder
+
+    from agents import VideoQA
+
+    qa = VideoQA(llm, hour, ColorEmbedder(), max_new_tokens=1)
+    show = qa.showable(40)
+    assert 1 < show < 30
+    found = qa.retrieve("When is the screen green?", None, None, None, budget=40)
+    ids = [s.id for s, _ in found]
+    assert len(ids) == len(set(ids)) <= 2 * show
+    assert GREEN <= {round(s.start) // 4 for s, _ in found[:show]}  # the top ones first
+    query = ColorEmbedder().embed_text(["When is the screen green?"])
+    (spread,) = hour.cover(query, show)
+    starts = [h.segment.start for h in spread]
+    assert len(spread) == show and starts == sorted(starts)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert max(gaps) - min(gaps) <= 4.0 and starts[0] < 240 / show  # even over the hour
+    (scored,) = hour.search(query, k=60)
+    exact = {h.segment.id: h.score for h in scored}
+    assert all(h.score == pytest.approx(exact[h.segment.id], abs=1e-6) for h in spread)  # real scores
+    (inside,) = hour.cover(query, 100, time_range=(40.0, 120.0))
+    assert all(h.segment.end >= 40.0 and h.segment.start <= 120.0 for h in inside) and len(inside) == 21

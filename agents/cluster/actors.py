@@ -493,10 +493,12 @@ class AnswerActor:
         k: int | None,
         time_range: tuple[float, float] | None = None,
         streams: Sequence[str] | None = None,
+        max_visual_tokens: int | None = None,
     ) -> tuple[list[tuple[Any, float | None]], dict[str, str]]:
-        """The segments a question retrieves (best first, global ids) and the unavailable shards."""
+        """The segments a question retrieves (VideoQA.retrieve: the top ``k``, or with ``k`` None
+        what a ``max_visual_tokens`` block could show; global ids) and the unavailable shards."""
         memory = self._memory(shards)
-        qa = VideoQA(self.llm, memory, self.embedder, max_visual_tokens=1)
+        qa = VideoQA(self.llm, memory, self.embedder, max_visual_tokens=max_visual_tokens)
         found = qa.retrieve(query, k, time_range, streams)
         return found, dict(memory.unavailable)
 

@@ -324,12 +324,12 @@ class Cluster:
         *,
         streams: Sequence[str] | None = None,
         time_range: tuple[float, float] | None = None,
+        max_visual_tokens: int | None = None,
     ) -> tuple[list[tuple[SegmentInfo, float | None]], dict[str, str]]:
-        """What a question retrieves (best first, global ids), and the unavailable shards."""
+        """What a question retrieves (VideoQA.retrieve; global ids), and the unavailable shards."""
         shards = self._shards(streams)
-        return self.ray.get(
-            self.answerer.retrieve.remote(query, shards, k, time_range, list(streams) if streams else None)
-        )
+        chosen = list(streams) if streams else None
+        return self.ray.get(self.answerer.retrieve.remote(query, shards, k, time_range, chosen, max_visual_tokens))
 
     def segments(
         self, stream: str | None = None, start: float | None = None, end: float | None = None

@@ -119,6 +119,17 @@ def search_shard(
     return _hits(reader, shard, hits)
 
 
+def cover_shard(
+    shard: ShardRef, query: np.ndarray, count: int, time_range: tuple[float, float] | None
+) -> list[tuple[float, SegmentInfo]]:
+    """The shard's ``count`` segments evenly spaced in time (TokenMemory.cover), with global ids."""
+    reader = _reader(shard.path)
+    if reader is None:
+        return []
+    (hits,) = reader.cover(np.asarray(query, dtype=np.float32).reshape(1, -1), count, time_range, [shard.stream])
+    return _hits(reader, shard, hits)
+
+
 def timeline_shard(shard: ShardRef, start: float | None, end: float | None) -> list[SegmentInfo]:
     reader = _reader(shard.path)
     if reader is None:
@@ -296,6 +307,35 @@ class ShardedMemory:
                 else:
                     per_shard.append(result)
             out.append([Hit(score, info) for score, info in merge_hits(per_shard, k)])
+        return out
+
+    def cover(
+        self,
+        queries: torch.Tensor | np.ndarray,
+        count: int,
+        time_range: tuple[float, float] | None = None,
+        streams: Sequence[str] | None = None,
+    ) -> list[list[Hit]]:
+        """TokenMemory.cover over every shard: each shard's even spread, then ``count`` of the
+        union evenly spaced in time."""
+        q = np.asarray(
+            queries.detach().cpu().float() if isinstance(queries, torch.Tensor) else queries, dtype=np.float32
+        )
+        q = q.reshape(1, -1) if q.ndim == 1 else q
+        chosen = [s for s in self._chosen(streams) if self.facts[s.stream].live + self.facts[s.stream].evicted]
+        out: list[list[Hit]] = []
+        for row in q:
+            union: list[tuple[float, SegmentInfo]] = []
+            calls = [(s, row, count, time_range) for s in chosen]
+            for shard, result in zip(chosen, self.fan_out(cover_shard, calls)):
+                if isinstance(result, BaseException):
+                    self._lost(shard.stream, result)
+                else:
+                    union += result
+            union.sort(key=lambda p: (p[1].start, p[1].id))
+            if len(union) > count:
+                union = [union[int((j + 0.5) * len(union) / count)] for j in range(count)]
+            out.append([Hit(score, info) for score, info in union])
         return out
 
     def get(self, ids: Sequence[int], device: Any = None) -> list[CompressedSegment]:

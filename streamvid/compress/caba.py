@@ -140,10 +140,13 @@ def _water_fill(weights: torch.Tensor, total: float, lo: torch.Tensor, hi: torch
             break
     for _ in range(200):
         mid = 0.5 * (lam_lo + lam_hi)
+        settled = mid in (lam_lo, lam_hi)  # adjacent floats: this step is the last that can change them
         if torch.clamp(mid * weights, lo, hi).sum() < total:
             lam_lo = mid
         else:
             lam_hi = mid
+        if settled:
+            break
     return torch.clamp(lam_hi * weights, lo, hi)
 
 
