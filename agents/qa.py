@@ -69,7 +69,8 @@ class UsedSegment:
 @dataclass
 class Answer:
     """text; segments used (time order, with the tokens shown and stored); evicted segments the
-    question touched; timings in seconds (retrieve, assemble, prefill, decode, total);
+    question touched; timings in seconds (retrieve, plan, fetch, remerge, assemble, prefill,
+    decode, total);
     time_range used as a filter, if any; visual_tokens: the video block's length in the prompt
     (time texts, markers, tokens) against max_visual_tokens; saliency_source and
     position_layout of the prefill that produced the text (see docs/algorithms.md, "Saliency"
@@ -343,6 +344,9 @@ class VideoQA:
             answer.text = self._nothing(time_range, evicted)
             answer.timings = {
                 "retrieve": retrieve_s,
+                "plan": 0.0,
+                "fetch": 0.0,
+                "remerge": 0.0,
                 "assemble": 0.0,
                 "prefill": 0.0,
                 "decode": 0.0,
@@ -352,7 +356,7 @@ class VideoQA:
         # best first (unscored ones, the newest and the open, first; recency-only: newest first)
         live.sort(key=lambda p: (-(p[1] if p[1] is not None else float("inf")), -p[0].end))
         history = self.history[-self.history_turns :] if self.history_turns else []
-        segments, used = self._budgeted(live, opened, budget)
+        segments, used, budget_s = self._budgeted(live, opened, budget)
         limit = self.max_prefill_tokens
         while limit is not None and len(segments) > 1:  # best first: drop the weakest until it fits
             if self.llm.prefill_length(question, segments, history=history) <= limit:
@@ -367,6 +371,7 @@ class VideoQA:
         answer.saliency_source, answer.position_layout = prefill.saliency_source, prefill.position_layout
         answer.timings = {
             "retrieve": retrieve_s,
+            **budget_s,
             "assemble": prefill.assemble_seconds,
             "prefill": generation.prefill_seconds,
             "decode": generation.decode_seconds,
@@ -383,8 +388,10 @@ class VideoQA:
 
     def _budgeted(
         self, live: list[tuple[SegmentInfo, float | None]], opened: list[CompressedSegment], budget: int
-    ) -> tuple[list[CompressedSegment], list[UsedSegment]]:
-        """The segments to show (best first), re-merged to the plan of :func:`plan_visual_budget`."""
+    ) -> tuple[list[CompressedSegment], list[UsedSegment], dict[str, float]]:
+        """The segments to show (best first), re-merged to the plan of :func:`plan_visual_budget`,
+        and the seconds of the plan, the fetch from the memory and the re-merge."""
+        t0 = time.perf_counter()
         n_open = len(opened)
         stored = [s.budget for s in opened] + [s.tokens for s, _ in live]
         frames = [s.frame_count for s in opened] + [s.frame_count for s, _ in live]
@@ -409,7 +416,9 @@ class VideoQA:
             )
         chosen = sorted(plan, key=lambda i: (-relevance[i], i))  # best first
         stored_ids = [live[i - n_open][0].id for i in chosen if i >= n_open]
+        t1 = time.perf_counter()
         fetched = dict(zip(stored_ids, self.memory.get(stored_ids)))
+        t2 = time.perf_counter()
         segments: list[CompressedSegment] = []
         used: list[UsedSegment] = []
         for i in chosen:
@@ -424,7 +433,8 @@ class VideoQA:
                 info_used = _used(info, score, plan[i])
             segments.append(seg)
             used.append(info_used)
-        return remerge_many(segments, [plan[i] for i in chosen]), used
+        shown = remerge_many(segments, [plan[i] for i in chosen])
+        return shown, used, {"plan": t1 - t0, "fetch": t2 - t1, "remerge": time.perf_counter() - t2}
 
     @staticmethod
     def _nothing(time_range: tuple[float, float] | None, evicted: list[UsedSegment]) -> str:

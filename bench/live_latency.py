@@ -483,7 +483,9 @@ def _ttft(answer: Any) -> dict[str, float]:
     return {
         "ttft": total,
         "retrieve": t["retrieve"],
-        "plan": total - t["retrieve"] - t["assemble"] - t["prefill"] - t["decode"],  # budget, fetch, re-merge
+        "plan": t["plan"],  # the budget plan
+        "fetch": t["fetch"],  # the shown segments from the memory
+        "remerge": t["remerge"],
         "assemble": t["assemble"],
         "prefill": t["prefill"],
     }
@@ -859,14 +861,15 @@ def markdown(result: dict[str, Any], images: str) -> str:
         f"Time to first token (one generated token), 1% cap, segments at the steady-state grain, torch threads "
         f"{q['torch_threads']}, median of {q['questions']} rounds:",
         "",
-        "| budget | memory | segments | tokens held | TTFT | retrieve | plan + re-merge | prefill | prompt tokens "
-        "| segments shown | budget use |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| budget | memory | segments | tokens held | TTFT | retrieve | plan | fetch | re-merge | prefill "
+        "| prompt tokens | segments shown | budget use |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for table in q["budgets"]:
         lines += [
             f"| {table['max_visual_tokens']} | {_length(r['seconds'])} | {r['segments']} | {r['tokens_held']} | "
-            f"{_ms(r['ttft_s'])} | {_ms(r['retrieve_s'])} | {_ms(r['plan_s'])} | {_ms(r['prefill_s'])} | "
+            f"{_ms(r['ttft_s'])} | {_ms(r['retrieve_s'])} | {_ms(r['plan_s'])} | {_ms(r['fetch_s'])} | "
+            f"{_ms(r['remerge_s'])} | {_ms(r['prefill_s'])} | "
             f"{r['prompt_tokens']:g} | {r['segments_shown']:g} | {r['budget_use']:.2f} |"
             for r in table["rows"]
         ]

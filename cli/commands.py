@@ -598,7 +598,9 @@ def ask(
         )
     t = answer.timings
     console.print(
-        f"timings: retrieve {t['retrieve'] * 1e3:.0f} ms, assemble {t['assemble'] * 1e3:.0f} ms, "
+        f"timings: retrieve {t['retrieve'] * 1e3:.0f} ms, plan, fetch and re-merge "
+        f"{(t.get('plan', 0) + t.get('fetch', 0) + t.get('remerge', 0)) * 1e3:.0f} ms, "
+        f"assemble {t['assemble'] * 1e3:.0f} ms, "
         f"prefill {t['prefill'] * 1e3:.0f} ms ({answer.prompt_tokens} tokens), decode {t['decode'] * 1e3:.0f} ms",
         soft_wrap=True,
     )

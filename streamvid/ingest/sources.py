@@ -191,7 +191,9 @@ class _PyAVSource(VideoSource):
         container = self._open()
         try:
             stream = self._video_stream(container)
-            stream.thread_type = "AUTO"
+            # frame threads hold back a frame per thread: a live source decodes with slice threads
+            # only, so each frame is out as soon as its packet is in
+            stream.thread_type = "SLICE" if self.live else "AUTO"
             declared, estimated = self._declared(container, stream)
             if declared is not None and self.duration is None and not self.live:
                 self.duration = declared
