@@ -44,6 +44,7 @@ PARTS: dict[str, str] = {
     "prefill": "bench.prefill_speed",
     "ingest": "bench.ingest_speed",
     "memory": "bench.memory_speed",
+    "quantized": "bench.quantized",
     "qa": "bench.question_latency",
     "live": "bench.live_latency",
 }

@@ -153,6 +153,21 @@ def live(
     _write_json(report, out)
 
 
+@app.command("quantized")
+def quantized(
+    out: Annotated[Path, typer.Option(help="JSON output")] = Path("bench-out/quantized.json"),
+    quick: Annotated[bool, typer.Option(help="few frames per clip and a 1 h needle stream")] = False,
+) -> None:
+    """Stored token formats (float16, int8, int4): class-query readout and needles under one cap."""
+    from bench.profiles import get_profile
+    from bench.quantized import run, summary
+
+    report = run(get_profile("quick" if quick else "full"), progress=console)
+    for line in summary(report):
+        console.print(line, soft_wrap=True)
+    _write_json(report, out)
+
+
 @app.command("qa")
 def qa(
     questions: Annotated[

@@ -155,3 +155,22 @@ def test_needles_per_dtype_under_a_token_cap_and_a_byte_cap(tmp_path, one_thread
     assert runs["bytes", "int8"]["bytes_held"] <= runs["bytes", "int8"]["cap_bytes"]
     with pytest.raises(ConfigError, match="cap_unit"):
         run_needles(stream, root=tmp_path, cap_unit="frames")
+
+
+def test_the_quantized_part_prints_and_writes_both_measurements(one_thread):
+    """``streamvid bench quantized``: the readout table with its findings, then the needle table,
+    and one markdown page with both sections (results from the two measurements above)."""
+    from bench.parts import get_part
+    from bench.quantized import summary
+
+    clip, weight, bias = class_clip()
+    rows = evaluate_quantized({"a": clip}, weight, bias, ratios=(0.25,), dtypes=("float16", "int8"))
+    readout = {"clips": {"a": list(clip.grid.tokens.shape)}, "ratios": [0.25], "dtypes": ["float16", "int8"],
+               "method": "infomerge", "rows": rows}  # fmt: skip
+    needles = run_needles_dtypes(needle_stream(), dtypes=("float16", "int8"), cap_fraction=0.02)
+    result = {"readout": readout, "needles": needles}
+    lines = summary(result)
+    assert "int8" in lines[0] and any("int8 at 25%" in line for line in lines[1:-1])
+    assert "tokens held / cap" in lines[-1] and lines[-1].count("\n") == 5  # header, rule, 4 runs
+    page = get_part("quantized").markdown(result, "images")
+    assert "## Class-query readout of the stored tokens" in page and "## Needles under a 2% cap" in page
