@@ -22,12 +22,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from agents.timeparse import parse_time_range
-from memory import SegmentInfo, TokenMemory
+from memory import SegmentEvictedError, SegmentInfo, TokenMemory
 from streamvid.clock import format_clock
 from streamvid.compress.caba import allocate_budgets
 from streamvid.compress.remerge import remerge_many
@@ -339,8 +339,25 @@ class VideoQA:
         if self.live and self.open_segments is not None and _touches_now(time_range, now):
             opened = list(self.open_segments(self._streams(streams) if streams else []))
         retrieve_s = time.perf_counter() - t0
+        history = self.history[-self.history_turns :] if self.history_turns else []
+        # best first (unscored ones, the newest and the open, first; recency-only: newest first)
+        live.sort(key=lambda p: (-(p[1] if p[1] is not None else float("inf")), -p[0].end))
+        shown = None
+        while live or opened:
+            try:
+                shown = self._budgeted(live, opened, budget)
+                break
+            except SegmentEvictedError as err:  # a concurrent ingest evicted some since retrieval
+                gone = set(err.segment_ids)
+                if not gone & {s.id for s, _ in live}:
+                    raise
+                evicted = sorted(
+                    {*evicted, *(replace(_used(s, score), evicted=True) for s, score in live if s.id in gone)},
+                    key=lambda u: u.start,
+                )
+                live = [p for p in live if p[0].id not in gone]
         answer = Answer(question=question, text="", evicted=evicted, time_range=time_range, max_visual_tokens=budget)
-        if not live and not opened:
+        if shown is None:
             answer.text = self._nothing(time_range, evicted)
             answer.timings = {
                 "retrieve": retrieve_s,
@@ -353,10 +370,7 @@ class VideoQA:
                 "total": time.perf_counter() - t0,
             }
             return answer
-        # best first (unscored ones, the newest and the open, first; recency-only: newest first)
-        live.sort(key=lambda p: (-(p[1] if p[1] is not None else float("inf")), -p[0].end))
-        history = self.history[-self.history_turns :] if self.history_turns else []
-        segments, used, budget_s = self._budgeted(live, opened, budget)
+        segments, used, budget_s = shown
         limit = self.max_prefill_tokens
         while limit is not None and len(segments) > 1:  # best first: drop the weakest until it fits
             if self.llm.prefill_length(question, segments, history=history) <= limit:

@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from memory.config import INGEST_FIELDS, MemoryConfig, MemorySettings
 from memory.errors import (
@@ -369,6 +370,27 @@ class TokenMemory:
                 "(cap and index options are given when the writer opens the memory)"
             )
         return merge_settings(self._settings, self.root, **given)
+
+    def set_cap(self, cap_tokens: int | None = None, cap_bytes: int | None = None) -> RebalanceReport | None:
+        """A new cap (in tokens and/or bytes; the other unit kept as it is), saved with the memory's
+        settings and enforced at once: segments are re-merged (or evicted) under a smaller cap, none
+        grows under a larger one. Writer only. Returns the rebalance done (None if none was needed)."""
+        self._check_writable()
+        update = {k: v for k, v in (("cap_tokens", cap_tokens), ("cap_bytes", cap_bytes)) if v is not None}
+        if not update:
+            raise ConfigError("set_cap needs cap_tokens or cap_bytes; pass the new cap")
+        try:
+            config = MemoryConfig(**{**self.config.model_dump(), **update})
+        except ValidationError as err:
+            raise ConfigError(f"invalid cap {update}: {err.errors()[0]['msg']}; give a positive number") from None
+        with self._write_mutex:
+            settings = self._settings.model_copy(update={"store": config})
+            with self.manifest.transaction() as conn:
+                save_settings(self.manifest, conn, settings)
+            self._settings, self.config = settings, config
+            if self._live is None:
+                return None
+            return self._write(None)
 
     def update_settings(self, **given: Any) -> MemorySettings:
         """Validate (see :meth:`check_settings`) and save; writer only. Returns the stored settings."""

@@ -50,7 +50,7 @@ def test_ingest_then_ask_finds_the_planted_moment(llm, video, tmp_path):
     assert answer.text == again.text.strip() and answer.prompt_tokens == llm.prefill_length(
         "When is the screen green?", used
     )
-    assert set(answer.timings) == {"retrieve", "assemble", "prefill", "decode", "total"}
+    assert set(answer.timings) == {"retrieve", "plan", "fetch", "remerge", "assemble", "prefill", "decode", "total"}
     # the tiny tower has no pooling head: the answer records the fallback and the default layout
     assert (answer.saliency_source, answer.position_layout) == ("vision-feature-norm", "original")
     assert all(v >= 0 for v in answer.timings.values()) and answer.timings["prefill"] > 0

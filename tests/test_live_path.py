@@ -365,3 +365,42 @@ def test_candidates_are_what_the_budget_can_show_top_and_spread_over_the_time(ll
     assert all(h.score == pytest.approx(exact[h.segment.id], abs=1e-6) for h in spread)  # real scores
     (inside,) = hour.cover(query, 100, time_range=(40.0, 120.0))
     assert all(h.segment.end >= 40.0 and h.segment.start <= 120.0 for h in inside) and len(inside) == 21
+
+
+def test_a_segment_evicted_between_retrieval_and_reading_is_reported_not_raised(llm, tmp_path):
+    """An ingest may evict segments after a question retrieved them: the answer shows the rest
+    and names the evicted ones, never a SegmentEvictedError."""
+    from agent_helpers import ColorEmbedder
+
+    from agents import VideoQA
+    from memory import TokenMemory
+
+    memory = TokenMemory(tmp_path / "m", cap_tokens=10_000)
+    comp = create_compressor("uniform", ratio=0.5)
+    gen = torch.Generator().manual_seed(1)
+    for i in range(20):
+        grid = TokenGrid(
+            tokens=torch.randn(4, 2, 2, llm.hidden_size, generator=gen),
+            timestamps=torch.arange(4, dtype=torch.float64) + 4 * i,
+            stream_id="cam",
+            segment_index=i,
+        )
+        (seg,) = comp.compress(grid, boundaries=[0, 4])
+        memory.add(seg, torch.nn.functional.normalize(torch.randn(3, generator=gen), dim=0))
+    real_get, calls = memory.get, []
+
+    def racing_get(ids, device=None):
+        if not calls:
+            memory.set_cap(cap_tokens=6)  # the concurrent ingest: most segments evicted now
+        calls.append(list(ids))
+        return real_get(ids, device)
+
+    memory.get = racing_get
+    qa = VideoQA(llm, memory, ColorEmbedder(), max_new_tokens=1)
+    answer = qa.ask("When is the screen green?", max_visual_tokens=400, remember=False)
+    live = {s.id for s in memory.timeline("cam") if not s.evicted}
+    assert len(calls) == 2 and len(live) < 20
+    assert answer.segments and {u.id for u in answer.segments} <= live
+    assert {u.id for u in answer.evicted} >= set(calls[0]) - live
+    assert "evicted" in answer.text
+    memory.close()

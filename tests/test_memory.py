@@ -458,3 +458,26 @@ def test_drop_stream_removes_its_segments_and_progress_in_one_step(tmp_path, fac
     with TokenMemory(tmp_path) as mem:
         assert mem.add(make_segment(10, seed=21, stream="c", start=200.0), key(21)) == 9  # ids are never reused
         check_consistent(mem)
+
+
+def test_set_cap_is_saved_and_enforced_at_once(tmp_path):
+    """A smaller cap re-merges at once and survives a reopen; a larger one grows nothing back;
+    a bad cap is a ConfigError that changes nothing."""
+    mem = TokenMemory(tmp_path / "m", cap_tokens=1000, dtype="int8")
+    for i in range(10):
+        mem.add(make_segment(50, seed=i, start=4.0 * i, index=i), torch.nn.functional.normalize(torch.randn(8), dim=0))
+    assert mem.tokens_held == 500
+    report = mem.set_cap(cap_tokens=200)
+    assert report is not None and report.cap == 200 and mem.tokens_held <= 200
+    assert mem.config.dtype == "int8"  # the rest of the config kept
+    held = mem.tokens_held
+    assert mem.set_cap(cap_tokens=5000) is None and mem.tokens_held == held
+    with pytest.raises(ConfigError, match="cap"):
+        mem.set_cap(cap_tokens=0)
+    with pytest.raises(ConfigError, match="cap"):
+        mem.set_cap()
+    mem.set_cap(cap_tokens=300)
+    mem.close()
+    again = TokenMemory(tmp_path / "m")
+    assert again.token_cap == 300 and again.tokens_held == held and again.config.dtype == "int8"
+    again.close()

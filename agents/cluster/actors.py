@@ -251,8 +251,7 @@ class EncoderActor:
             share = int(shares[stream])
             mem = run.memory
             if mem.config.cap_tokens != share:
-                mem.config = mem.config.model_copy(update={"cap_tokens": share})
-                mem.rebalance()
+                mem.set_cap(cap_tokens=share)
             out[stream] = mem.tokens_held
         return out
 
