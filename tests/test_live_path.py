@@ -131,24 +131,34 @@ def llm(tmp_path_factory):
 GREEN = {10, 40}  # the segments the question is about
 
 
+def _store_segments(memory, dim: int, count: int, key_of, seed: int = 1) -> None:
+    """``count`` segments of 4 s (4 frames of 2x2 random tokens, uniform 50%: 8 tokens each) on
+    stream cam; key_of(i, generator) -> the key of segment i."""
+    comp = create_compressor("uniform", ratio=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(count):
+        grid = TokenGrid(
+            tokens=torch.randn(4, 2, 2, dim, generator=gen),
+            timestamps=torch.arange(4, dtype=torch.float64) + 4 * i,
+            stream_id="cam",
+            segment_index=i,
+        )
+        (seg,) = comp.compress(grid, boundaries=[0, 4])
+        memory.add(seg, key_of(i, gen))
+
+
 @pytest.fixture(scope="module")
 def hour(tmp_path_factory, llm):
     """60 stored segments of 4 s (8 tokens each) on stream cam; keys: green for GREEN, else red/blue."""
     from memory import TokenMemory
 
     memory = TokenMemory(tmp_path_factory.mktemp("mem"), cap_tokens=100_000)
-    comp = create_compressor("uniform", ratio=0.5)
-    gen = torch.Generator().manual_seed(0)
-    for i in range(60):
-        grid = TokenGrid(
-            tokens=torch.randn(4, 2, 2, llm.hidden_size, generator=gen),
-            timestamps=torch.arange(4, dtype=torch.float64) + 4 * i,
-            stream_id="cam",
-            segment_index=i,
-        )
-        (seg,) = comp.compress(grid, boundaries=[0, 4])
+
+    def color(i: int, _gen: torch.Generator) -> torch.Tensor:
         key = torch.tensor([0.0, 1.0, 0.0]) if i in GREEN else torch.tensor([1.0, 0.0, 0.2 * (i % 3)])
-        memory.add(seg, key / key.norm())
+        return key / key.norm()
+
+    _store_segments(memory, llm.hidden_size, 60, color, seed=0)
     yield memory
     memory.close()
 
@@ -376,17 +386,9 @@ def test_a_segment_evicted_between_retrieval_and_reading_is_reported_not_raised(
     from memory import TokenMemory
 
     memory = TokenMemory(tmp_path / "m", cap_tokens=10_000)
-    comp = create_compressor("uniform", ratio=0.5)
-    gen = torch.Generator().manual_seed(1)
-    for i in range(20):
-        grid = TokenGrid(
-            tokens=torch.randn(4, 2, 2, llm.hidden_size, generator=gen),
-            timestamps=torch.arange(4, dtype=torch.float64) + 4 * i,
-            stream_id="cam",
-            segment_index=i,
-        )
-        (seg,) = comp.compress(grid, boundaries=[0, 4])
-        memory.add(seg, torch.nn.functional.normalize(torch.randn(3, generator=gen), dim=0))
+    _store_segments(
+        memory, llm.hidden_size, 20, lambda _i, gen: torch.nn.functional.normalize(torch.randn(3, generator=gen), dim=0)
+    )
     real_get, calls = memory.get, []
 
     def racing_get(ids, device=None):

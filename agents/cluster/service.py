@@ -20,7 +20,7 @@ from typing import Any
 from agents.cluster.cluster import Cluster
 from agents.cluster.plan import StreamSpec
 from agents.qa import Answer
-from agents.service.core import MAX_QUESTION, ServiceConfig
+from agents.service.core import MAX_QUESTION, ServiceConfig, chosen_streams
 from agents.service.events import EventBus
 from agents.service.metrics import ServiceMetrics
 from agents.service.security import ServiceError, check_stream_id, resolve_source
@@ -131,14 +131,7 @@ class ClusterService:
         return sorted(self.streams.ids())
 
     def check_streams(self, streams: Sequence[str] | None) -> list[str] | None:
-        if not streams:
-            return None
-        known = set(self.known_streams())
-        for s in streams:
-            check_stream_id(s)
-            if s not in known:
-                raise ServiceError(404, "unknown_stream", f"no stream {s!r}; GET /v1/streams lists them")
-        return list(streams)
+        return chosen_streams(streams, self.known_streams())
 
     # -- questions ------------------------------------------------------------------------------
 

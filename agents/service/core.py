@@ -35,6 +35,18 @@ MAX_QUESTION = 2000
 ASK_ATTEMPTS = 10
 
 
+def chosen_streams(streams: Sequence[str] | None, known: Sequence[str]) -> list[str] | None:
+    """A request's ``streams`` checked against the ``known`` ids (None: every stream); a bad
+    or unknown id is a 400 / 404 ServiceError."""
+    if not streams:
+        return None
+    for s in streams:
+        check_stream_id(s)
+        if s not in known:
+            raise ServiceError(404, "unknown_stream", f"no stream {s!r}; GET /v1/streams lists them")
+    return list(streams)
+
+
 @dataclass
 class ServiceConfig:
     """keys: API keys (none: loopback only, no auth); media_roots: directories file sources may
@@ -176,14 +188,7 @@ class Service:
         return sorted(set(self.memory.streams()) | set(self.streams.ids()))
 
     def check_streams(self, streams: Sequence[str] | None) -> list[str] | None:
-        if not streams:
-            return None
-        known = set(self.known_streams())
-        for s in streams:
-            check_stream_id(s)
-            if s not in known:
-                raise ServiceError(404, "unknown_stream", f"no stream {s!r}; GET /v1/streams lists them")
-        return list(streams)
+        return chosen_streams(streams, self.known_streams())
 
     # -- questions -----------------------------------------------------------------------------
 
