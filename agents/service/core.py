@@ -238,8 +238,9 @@ class Service:
                 )
                 break
             except (SegmentEvictedError, UnknownSegmentError):
-                # ingest evicted (or replaced) a segment between retrieval and reading it: the
-                # memory moved on, so ask again on its new state (nothing was generated yet)
+                # VideoQA drops segments evicted under it; a stream dropped (or a segment
+                # evicted by every retry) between retrieval and reading leaves the question
+                # nothing consistent to read, so ask again on the memory's new state
                 self.metrics.ask_retries.inc()
                 if attempt == ASK_ATTEMPTS - 1:
                     raise ServiceError(
