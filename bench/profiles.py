@@ -45,6 +45,7 @@ class Profile(BaseModel):
     live_tower_seconds: float = 75.0  # its loopback stream (2 fps, ingested at 1/15 fps)
     live_tower_repeats: int = 1  # interleaved alone / shared runs of its batching (one frame per stream each)
     live_questions: int = 3  # rounds of questions over the 1 min / 1 h / 10 h memories
+    live_lm: bool = True  # the same questions with a Qwen2-0.5B-shaped LM (a prefill of realistic cost)
     # stored-token quality per token_dtype (bench/readout.py run_quantized, bench/needles.py run_dtypes)
     quant_frames: int = 32
     quant_ratios: tuple[float, ...] = (0.25, 0.15, 0.10)

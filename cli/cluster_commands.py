@@ -117,6 +117,9 @@ def run(
     detach: Annotated[bool, typer.Option("--detach", help="leave the actors running (needs --address)")] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="return once the streams are started")] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the file streams", min=1)] = 3600.0,
+    rebalance_every: Annotated[
+        float, typer.Option(help="seconds between the coordinator's cap rebalances (0: only when asked)", min=0)
+    ] = 60.0,
 ) -> None:
     """Start (or join) a cluster, run the streams, wait for the files, answer --ask questions."""
     from agents.cluster import Cluster, ClusterConfig, StreamSpec
@@ -131,7 +134,7 @@ def run(
         root=str(memory.resolve()), model=model_path, embedder=emb_path, compressor=compressor or "infomerge",
         ratio=ratio or 0.15, fps=fps or 1.0, max_len=max_len, cap_tokens=cap_tokens, encoders=encoders,
         cpus_per_encoder=cpus_per_encoder, gpus_per_encoder=gpus_per_encoder, answer_gpus=answer_gpus,
-        device=device or ("cuda" if gpus_per_encoder > 0 else "cpu"),
+        device=device or ("cuda" if gpus_per_encoder > 0 else "cpu"), rebalance_every=rebalance_every,
     )  # fmt: skip
     cluster = Cluster(config, address=address, num_cpus=num_cpus, detached=detach)
     try:

@@ -1,6 +1,8 @@
 """streamvid on Ray (agents/cluster): the same segments and retrievals as one process, an encoder actor
 killed mid-stream survived without duplicates, an unreachable shard reported, the global cap kept
-across shards; and the pure rules (sticky assignment, cap shares, the global merge).
+across shards and rebalanced on the coordinator's own clock, answers streamed piece by piece,
+thumbnails and alerts behind the REST front; and the pure rules (sticky assignment, cap shares, the
+global merge).
 
 The Ray tests (marker ``ray``) start one small local cluster for the module: 5 logical CPUs on loopback,
 two encoder actors, the answering actor and the coordinator, on tiny random checkpoints.
@@ -8,6 +10,7 @@ two encoder actors, the answering actor and the coordinator, on tiny random chec
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -83,6 +86,14 @@ def test_global_merge_and_global_ids():
     assert local_id(global_id(5, 123)) == (5, 123) and global_id(5, 123) < 2**53
     with pytest.raises(ConfigError, match="stream id"):
         StreamSpec("../etc", "x.mp4")
+    with pytest.raises(ConfigError, match="rebalance_every"):
+        ClusterConfig(root="r", model="m", rebalance_every=-1)
+
+
+def yes_judge(rule, segment):
+    """The alert judge of the test cluster: every checked segment fires (pickled to the actors by
+    reference: the cluster fixture puts this directory on the workers' PYTHONPATH)."""
+    return True, "yes"
 
 
 # -- on a local Ray cluster ------------------------------------------------------------------------
@@ -144,12 +155,13 @@ def cluster(setup):
     from agents.cluster import Cluster
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    here = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     ray.init(num_cpus=5, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})  # fmt: skip
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "PYTHONPATH": here}})  # fmt: skip
     config = ClusterConfig(
         root=str(setup["root"] / "mem"), model=setup["llava"], embedder=setup["siglip"], ratio=0.5, fps=FPS,
         max_len=MAX_LEN, micro_batch=2, dtype="float32", encoders=2, cap_tokens=100_000, max_new_tokens=2,
-        cpus_per_encoder=1, answer_cpus=1, search_cpus=0.5,
+        cpus_per_encoder=1, answer_cpus=1, search_cpus=0.5, rebalance_every=0, alert_judge=yes_judge,
     )  # fmt: skip
     c = Cluster(config)
     yield c
@@ -189,6 +201,38 @@ def test_retrieved_segments_equal_the_single_memory_result(cluster, two_streams,
         (u.stream, u.start, u.end, u.tokens) for u in single.segments
     ]
     assert answer.visual_tokens == single.visual_tokens <= 60 and answer.unavailable == {}
+
+
+@pytest.mark.ray
+def test_answers_stream_piece_by_piece_from_the_answering_actor(cluster, two_streams, setup):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from agents.cluster.service import ClusterService
+    from agents.service.app import create_app
+    from agents.service.core import ServiceConfig
+
+    question = "what happens at the red door?"  # the random model's answer has four whitespace-split pieces
+    pieces: list[str] = []
+    streamed = cluster.ask(question, streams=["a", "b"], max_visual_tokens=60, max_new_tokens=32,
+                           on_text=pieces.append)  # fmt: skip
+    whole = cluster.ask(question, streams=["a", "b"], max_visual_tokens=60, max_new_tokens=32)
+    assert len(pieces) > 1 and all(pieces), pieces  # several pieces, as they decoded
+    assert "".join(pieces).strip() == streamed.text == whole.text  # the same greedy answer
+    assert [u.id for u in streamed.segments] == [u.id for u in whole.segments]
+
+    service = ClusterService(cluster, ServiceConfig(media_roots=[setup["root"]]), event_poll=0)
+    with TestClient(create_app(service, mcp=False)) as client:
+        body = {"question": question, "streams": ["a", "b"], "max_visual_tokens": 60, "max_new_tokens": 32,
+                "stream": True}  # fmt: skip
+        reply = client.post("/v1/ask", json=body)
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
+    events = [block.split("\n") for block in reply.text.strip().split("\n\n")]
+    kinds = [lines[0].removeprefix("event: ") for lines in events]
+    data = [json.loads(lines[1].removeprefix("data: ")) for lines in events]
+    tokens = [d["text"] for k, d in zip(kinds, data) if k == "token"]
+    assert kinds[-1] == "answer" and kinds.count("token") == len(pieces) > 1
+    assert "".join(tokens).strip() == data[-1]["text"] == whole.text
 
 
 @pytest.mark.ray
@@ -330,3 +374,112 @@ def test_scaling_the_encoder_actors_moves_only_what_evens_the_load(cluster, two_
     shrunk = cluster.scale(2)
     assert shrunk[name] in (0, 1) and all(shrunk[s] == grown[s] for s in grown if s != name)
     assert _spans(cluster.segments()) == spans  # moving a stream stores nothing twice
+
+
+@pytest.mark.ray
+def test_thumbnails_are_written_into_the_shards_and_served_by_global_id(cluster, two_streams, setup):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from agents.cluster.service import ClusterService
+    from agents.service.app import create_app
+    from agents.service.core import ServiceConfig
+    from agents.service.streams import thumbnail_path
+
+    service = ClusterService(cluster, ServiceConfig(media_roots=[setup["root"]]), event_poll=0)
+    with TestClient(create_app(service, mcp=False)) as client:
+        rows = client.get("/v1/segments", params={"stream": "b"}).json()["segments"]
+        assert rows and all(r["thumbnail"] == f"/v1/segments/{r['id']}/thumbnail.jpg" for r in rows)
+        for row in rows:
+            shard_no, sid = local_id(row["id"])
+            assert thumbnail_path(shard_dir(cluster.config.root, "b"), sid).is_file()  # in b's own shard
+            image = client.get(row["thumbnail"])
+            assert image.status_code == 200 and image.content[:2] == b"\xff\xd8"
+        a_rows = client.get("/v1/segments", params={"stream": "a"}).json()["segments"]
+        assert client.get(a_rows[0]["thumbnail"]).content != client.get(rows[0]["thumbnail"]).content
+        moments = client.get("/v1/search", params={"q": "the red door", "k": 3}).json()["moments"]
+        assert moments and client.get(moments[0]["thumbnail"]).status_code == 200
+        for missing in (global_id(shard_no, 10**6), global_id(10**5, 0)):  # no such segment; no such shard
+            gone = client.get(f"/v1/segments/{missing}/thumbnail.jpg")
+            assert gone.status_code == 404 and gone.json()["error"] == "no_thumbnail"
+
+
+@pytest.mark.ray
+def test_alert_rules_run_on_the_encoder_actors_and_fire_events(cluster, two_streams, setup):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from agents.cluster.service import ClusterService
+    from agents.service.app import create_app
+    from agents.service.core import ServiceConfig
+    from agents.service.security import ServiceError
+
+    service = ClusterService(cluster, ServiceConfig(media_roots=[setup["root"]]), event_poll=0)
+    with TestClient(create_app(service, mcp=False)) as client:
+        assert client.post("/v1/alerts", json={"stream": "nope", "rule": "x"}).status_code == 404
+        with pytest.raises(ServiceError, match="rule must be") as bad:
+            service.add_alert("a", "   ")
+        assert bad.value.status == 400
+        with pytest.raises(ServiceError, match="threshold") as bad:
+            service.add_alert("a", "a person", 3.0)
+        assert bad.value.status == 400
+        added = client.post("/v1/streams", json={"id": "f", "source": "a.mp4", "options": {"pace": 2.0}})
+        assert added.status_code == 201, added.text
+        always = client.post("/v1/alerts", json={"stream": "f", "rule": "a person", "threshold": 0.0})
+        never = client.post("/v1/alerts", json={"stream": "f", "rule": "a cat", "threshold": 2.0})
+        assert always.status_code == never.status_code == 201, always.text
+        assert set(always.json()) == {"id", "stream", "rule", "threshold", "created", "segments_stored",
+                                      "segments_checked", "fired", "skipped"}  # fmt: skip
+        assert json.loads((Path(cluster.config.root) / "cluster.json").read_text())["alerts"]  # persisted
+        cluster.wait(["f"], timeout=120)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # checks run after the store; events reach the coordinator later
+            service.poll_events()
+            fired = [e for e in service.bus.recent(types={"alert"}) if e.data["stream"] == "f"]
+            stored = [e for e in service.bus.recent(types={"segment"}) if e.data["stream"] == "f"]
+            rules = {r["rule"]: r for r in client.get("/v1/alerts").json()["alerts"]}
+            person = rules["a person"]
+            done = person["segments_checked"] + person["skipped"] == person["segments_stored"] >= 1
+            if done and len(fired) == person["fired"] and len(stored) >= person["segments_stored"]:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the alerts of f were not all checked and relayed within 60 s: {rules}")
+        cat = rules["a cat"]
+        assert person["fired"] == person["segments_checked"] >= 1  # the stub judge says yes to all
+        assert cat["segments_stored"] == person["segments_stored"] and cat["segments_checked"] == cat["fired"] == 0
+        assert len({e.data["id"] for e in stored}) == len(stored)  # each stored segment once
+        event = fired[0].data
+        assert event["rule"] == "a person" and event["answer"] == "yes" and event["end"] > event["start"] >= 0
+        assert local_id(event["segment"])[0] == next(s["shard_no"] for s in cluster.streams() if s["id"] == "f")
+        assert client.get(event["thumbnail"]).content[:2] == b"\xff\xd8"
+        assert client.delete(f"/v1/alerts/{never.json()['id']}").status_code == 200
+        gone = client.delete(f"/v1/alerts/{never.json()['id']}")
+        assert gone.status_code == 404 and gone.json()["error"] == "unknown_alert"
+        assert [r["rule"] for r in client.get("/v1/alerts").json()["alerts"]] == ["a person"]
+
+
+@pytest.mark.ray
+def test_the_coordinator_rebalances_on_its_own_clock(cluster, two_streams):
+    before = cluster.ray.get(cluster.coordinator.snapshot.remote())
+    held = cluster.stats()["tokens_held"]
+    cap = held * 3 // 4
+    cluster.ray.get(cluster.coordinator.set_cap.remote(cap))  # a new cap, and no rebalance() call
+    cluster.set_rebalance_every(0.2)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            stats = cluster.stats()
+            if stats["tokens_held"] <= cap and all(stats["held"][s] <= n for s, n in stats["shares"].items()):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the shares were not applied within 60 s: {stats}")
+    finally:
+        cluster.set_rebalance_every(0)
+    after = cluster.ray.get(cluster.coordinator.snapshot.remote())
+    assert after["rebalances"] > before["rebalances"]
+    assert sum(after["streams"][s]["share"] for s in after["streams"]) <= cap
+    assert {s: r["share"] for s, r in after["streams"].items()} != {s: r["share"] for s, r in before["streams"].items()}
+    caps = {st["id"]: st["token_cap"] for st in cluster.streams()}
+    assert all(caps[s] == after["streams"][s]["share"] for s in after["streams"])  # applied by the actors

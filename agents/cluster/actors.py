@@ -5,13 +5,19 @@
   for the streams assigned to it, every stream into its own shard, which it alone writes (the
   shard's ``writer.lock``). Restarted by Ray after a crash (``max_restarts``): its constructor asks
   the coordinator for its streams and starts them again, and each file stream resumes after the
-  last time its shard stored (agents/ingest.py, resume), so no segment is stored twice.
-- :class:`BudgetCoordinator`: the registry of streams (spec, shard number, actor slot, cap share,
-  persisted in ``<root>/cluster.json``) and the global cap: it reads every shard's CABA statistics
-  (Ray tasks on the shared filesystem) and gives each shard its share (agents/cluster/plan.py).
+  last time its shard stored (agents/ingest.py, resume), so no segment is stored twice. After each
+  stored segment it writes the key-frame thumbnail into the shard (the service's layout), checks
+  the alert rules of the stream (the service's :class:`~agents.service.alerts.AlertEngine`) and
+  reports a ``segment`` event (and any ``alert``) to the coordinator.
+- :class:`BudgetCoordinator`: the registry of streams (spec, shard number, actor slot, cap share),
+  of alert rules (both persisted in ``<root>/cluster.json``) and the global cap: it reads every
+  shard's CABA statistics (Ray tasks on the shared filesystem) and gives each shard its share
+  (agents/cluster/plan.py), when asked and every ``rebalance_every`` seconds on its own thread. It
+  also holds the cluster's recent events, numbered, for the REST front to poll.
 - :class:`AnswerActor`: the Video-LLM that answers; a question fans out to every shard as Ray
   tasks (:class:`~agents.cluster.shards.ShardedMemory`), the hits are merged globally, and
-  :class:`~agents.qa.VideoQA` builds the budgeted prefill and generates, unchanged.
+  :class:`~agents.qa.VideoQA` builds the budgeted prefill and generates, unchanged;
+  :meth:`AnswerActor.ask_stream` yields the text pieces as they decode (a Ray streaming generator).
 """
 
 from __future__ import annotations
@@ -19,22 +25,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from agents.cluster.plan import ClusterConfig, StreamSpec, cap_shares, shard_dir, shard_weights
+from agents.cluster.cluster import NAMESPACE
+from agents.cluster.plan import ClusterConfig, StreamSpec, cap_shares, global_id, shard_dir, shard_weights
 from agents.cluster.shards import ShardedMemory, ShardRef, summarize_shard
 from agents.ingest import Ingest, build_ingest, source_key
 from agents.qa import Answer, VideoQA
+from agents.service.alerts import AlertEngine, LLMJudge
+from agents.service.state import AlertRule
 from streamvid.errors import ConfigError
 from streamvid.ingest.sources import FileSource, RawFrame
+from streamvid.types import CompressedSegment, Segment
 
 __all__ = [
     "AnswerActor",
@@ -52,6 +65,16 @@ log = logging.getLogger(__name__)
 SHARD_TIMEOUT = 30.0
 # seconds a question waits for the encoder actors' open segments
 PEEK_TIMEOUT = 5.0
+# seconds a rebalance waits for an encoder actor's status, and for its caps to be applied
+STATUS_TIMEOUT = 10.0
+APPLY_TIMEOUT = 300.0
+# events the coordinator keeps for the REST front to poll (older ones are dropped)
+EVENT_HISTORY = 4096
+
+
+def thumbnail_url(gid: int) -> str:
+    """The REST path of a segment's thumbnail, by global id (the service's own path)."""
+    return f"/v1/segments/{gid}/thumbnail.jpg"
 
 
 @dataclass
@@ -139,6 +162,7 @@ class PacedFile(FileSource):
 @dataclass
 class _Running:
     spec: StreamSpec
+    shard_no: int
     memory: Any
     job: Ingest
     source: Any
@@ -148,10 +172,22 @@ class _Running:
     error: str | None = None
 
 
+class _ToCoordinator:
+    """The alert engine's ``publish``: events go to the coordinator's log, fire and forget (the
+    ingest and alert threads never wait for it)."""
+
+    def __init__(self, coordinator: Any) -> None:
+        self.coordinator = coordinator
+
+    def publish(self, type: str, data: dict[str, Any]) -> None:
+        self.coordinator.record.remote([(type, data)])
+
+
 @ray.remote(max_concurrency=8)
 class EncoderActor:
     """Encode -> incremental TFD -> compress -> store for the streams assigned to ``slot``; one
-    shared :class:`~agents.ingest.EncoderWorker` (one tower call per round over its streams)."""
+    shared :class:`~agents.ingest.EncoderWorker` (one tower call per round over its streams);
+    thumbnails, alert checks and events after every stored segment."""
 
     def __init__(self, slot: int, config: ClusterConfig, coordinator: str, namespace: str) -> None:
         from agents.ingest import EncoderWorker
@@ -161,11 +197,16 @@ class EncoderActor:
         self.pid = os.getpid()
         self.llm, self.embedder, self.compressor = _components(config)
         self.worker = EncoderWorker(self.llm, max_batch=config.encoder_batch)
+        self.events = _ToCoordinator(self.coordinator)
+        judge = config.alert_judge or LLMJudge(self.llm)
+        # the rules live in the coordinator (set_alerts); ids in events are global
+        self.alerts = AlertEngine(None, self.events, None, judge, thumbnail_url=thumbnail_url)
         self.streams: dict[str, _Running] = {}
         self._lock = threading.Lock()
+        self.set_alerts(ray.get(self.coordinator.alerts.remote()))
         specs, self.starts = ray.get(self.coordinator.streams_for.remote(slot, started=True))
-        for spec, share in specs:  # after a restart: the same streams again, each resuming
-            self._start(StreamSpec(**spec), share)
+        for spec, share, shard_no in specs:  # after a restart: the same streams again, each resuming
+            self._start(StreamSpec(**spec), share, shard_no)
 
     def info(self) -> dict[str, Any]:
         """slot, pid, node, starts (1 + the restarts Ray made), streams."""
@@ -176,11 +217,12 @@ class EncoderActor:
         """The Ray node this actor (the writer of its streams' shards) runs on."""
         return ray.get_runtime_context().get_node_id()
 
-    def start_stream(self, spec: dict[str, Any], share: int) -> dict[str, Any]:
-        """Start ingesting ``spec`` into its shard with ``share`` tokens of the global cap (no-op when running)."""
-        return self._start(StreamSpec(**spec), share)
+    def start_stream(self, spec: dict[str, Any], share: int, shard_no: int) -> dict[str, Any]:
+        """Start ingesting ``spec`` into its shard (number ``shard_no``, for global ids) with
+        ``share`` tokens of the global cap (no-op when running)."""
+        return self._start(StreamSpec(**spec), share, shard_no)
 
-    def _start(self, spec: StreamSpec, share: int) -> dict[str, Any]:
+    def _start(self, spec: StreamSpec, share: int, shard_no: int) -> dict[str, Any]:
         from memory import TokenMemory
 
         with self._lock:
@@ -205,16 +247,50 @@ class EncoderActor:
                     max_size=cfg.max_size, tau_seg=cfg.tau_seg, min_len=cfg.min_len, max_len=cfg.max_len,
                     live=spec.live, micro_batch=cfg.micro_batch, encoder=self.worker,
                     max_reconnects=int(spec.options.get("max_reconnects", 5)),
+                    on_stored=lambda seg, sid: self._stored(spec.id, shard_no, seg, sid),
                 )  # fmt: skip
             except BaseException:
                 memory.close()
                 raise
-            run = _Running(spec, memory, job, source, time.time(), job.resume_from)
+            run = _Running(spec, shard_no, memory, job, source, time.time(), job.resume_from)
             self.streams[spec.id] = run
             job.start()
             threading.Thread(target=self._watch, args=(run,), name=f"watch-{spec.id}", daemon=True).start()
             log.info("encoder %d: stream %s started (resume from %s)", self.slot, spec.id, job.resume_from)
             return self._status(spec.id)
+
+    def _stored(self, stream: str, shard_no: int, segment: Segment, sid: int) -> None:
+        """After each stored segment (on the stream's ingest thread; never raises into ingest):
+        the key-frame thumbnail into the shard, the stream's alert rules, a ``segment`` event."""
+        gid = global_id(shard_no, sid)
+        try:
+            from agents.service.streams import thumbnail_path, write_thumbnail  # the serve extra (Pillow)
+
+            frames = segment.frames
+            write_thumbnail(thumbnail_path(shard_dir(self.config.root, stream), sid),
+                            frames[frames.shape[0] // 2].cpu().numpy())  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - a thumbnail is a nicety; the segment is stored
+            log.warning("thumbnail of segment %d of %s not written: %s", sid, stream, err)
+        compressed: CompressedSegment | None = getattr(segment, "compressed", None)
+        novelty = None
+        try:
+            if compressed is not None:
+                novelty = self.alerts.on_segment(stream, gid, compressed)
+        except Exception as err:  # noqa: BLE001
+            log.warning("segment %d of %s: alert check failed: %s", sid, stream, err)
+        self.events.publish("segment", {
+            "stream": stream, "id": gid, "start": segment.start_time, "end": segment.end_time,
+            "frames": int(segment.frames.shape[0]), "tokens": None if compressed is None else compressed.budget,
+            "novelty": novelty, "thumbnail": thumbnail_url(gid),
+        })  # fmt: skip
+
+    def set_alerts(self, rules: list[dict[str, Any]]) -> None:
+        """The cluster's alert rules (the coordinator's): each is checked on its stream's segments."""
+        self.alerts.set_rules([AlertRule(**r) for r in rules])
+
+    def alert_counts(self) -> dict[int, dict[str, int]]:
+        """{rule id: segments stored / checked / fired / skipped here} since this actor started."""
+        return {r.id: asdict(c) for r, c in self.alerts.rules()}
 
     def _watch(self, run: _Running) -> None:
         """Wait for the ingest to end (a file read to its end is marked complete by ``join``)."""
@@ -296,10 +372,25 @@ class EncoderActor:
     def close(self) -> None:
         for stream in list(self.streams):
             self.stop_stream(stream)
+        self.alerts.close()
         self.worker.close()
 
 
 _STATE = "cluster.json"
+
+
+def _gather(refs: Sequence[Any], timeout: float) -> list[Any]:
+    """ray.get of each ref that is ready within ``timeout``; None for the rest and for failures
+    (an actor that is restarting)."""
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout) if refs else ([], [])
+    done = set(ready)
+    out: list[Any] = []
+    for ref in refs:
+        try:
+            out.append(ray.get(ref) if ref in done else None)
+        except ray.exceptions.RayError:
+            out.append(None)
+    return out
 
 
 @ray.remote(max_concurrency=4)
@@ -307,18 +398,39 @@ class BudgetCoordinator:
     """The cluster's registry of streams and its global cap (an actor, not a protocol).
 
     State (persisted in ``<root>/cluster.json`` after every change, so a restarted coordinator
-    carries on): the config, the encoder slots, and per stream its spec, shard number, slot and cap
-    share. :meth:`plan` reads every shard's CABA statistics (Ray tasks), computes the shares
-    (:func:`~agents.cluster.plan.cap_shares`) and records them; the caller applies them.
+    carries on): the global cap, the encoder slots, per stream its spec, shard number, slot and cap
+    share, the alert rules, and the rebalance period. :meth:`plan` reads every shard's CABA
+    statistics (Ray tasks), computes the shares (:func:`~agents.cluster.plan.cap_shares`) and
+    records them; :meth:`rebalance` also applies them to the encoder actors (found by name).
+
+    The periodic rebalance runs here, on a thread of this actor, every ``rebalance_every``
+    seconds: the coordinator is the one part that lives as long as the cluster (detached with it,
+    restarted by Ray), holds the registry the plan needs and can find every encoder actor by name,
+    so a cluster started with ``--detach`` keeps its shares current after its driver has gone.
+
+    Events (``segment`` stored, ``alert`` fired) are appended by the encoder actors with a
+    sequence number; :meth:`events` hands out those after a number, with this coordinator's
+    ``epoch`` (a restarted coordinator starts numbering again, and says so by a new epoch).
     """
 
     def __init__(self, config: ClusterConfig) -> None:
         self.path = Path(config.root) / _STATE
         self._lock = threading.Lock()
+        self._rebalancing = threading.Lock()
         self.state: dict[str, Any] = {"cap": config.cap_tokens, "next_shard": 0, "slots": [], "streams": {}}
         if self.path.is_file():
             self.state = json.loads(self.path.read_text())
+        self.state.setdefault("alerts", {})
+        self.state.setdefault("next_alert", 1)
+        self.state.setdefault("rebalance_every", config.rebalance_every)
+        self.state.setdefault("rebalances", 0)
         self.config = config
+        self.epoch = uuid.uuid4().hex[:12]
+        self._events: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=EVENT_HISTORY)
+        self._seq = 0
+        self._handles: dict[int, Any] = {}
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="streamvid-rebalance", daemon=True).start()
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -337,6 +449,8 @@ class BudgetCoordinator:
         with self._lock:
             self.state["slots"] = sorted(slots)
             self._save()
+            for gone in set(self._handles) - set(slots):  # a slot made again later is a new actor
+                del self._handles[gone]
 
     def add(self, spec: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -366,15 +480,15 @@ class BudgetCoordinator:
                     self.state["streams"][stream]["slot"] = slot
             self._save()
 
-    def streams_for(self, slot: int, started: bool = False) -> tuple[list[tuple[dict[str, Any], int]], int]:
-        """(spec, cap share) of every stream assigned to ``slot``: what a (re)started actor runs;
-        and how often an actor started in that slot (``started``: this call is one more)."""
+    def streams_for(self, slot: int, started: bool = False) -> tuple[list[tuple[dict[str, Any], int, int]], int]:
+        """(spec, cap share, shard number) of every stream assigned to ``slot``: what a (re)started
+        actor runs; and how often an actor started in that slot (``started``: this call is one more)."""
         with self._lock:
             out = []
             for r in self.state["streams"].values():
                 if r["slot"] == slot:
                     share = r["share"] or max(1, self.state["cap"] // max(1, len(self.state["streams"])))
-                    out.append((r["spec"], share))
+                    out.append((r["spec"], share, r["shard_no"]))
             starts = self.state.setdefault("starts", {})
             if started:
                 starts[str(slot)] = starts.get(str(slot), 0) + 1
@@ -425,6 +539,124 @@ class BudgetCoordinator:
             self._save()
         return {"shares": shares, "weights": weights, "held": held, "unavailable": unavailable}
 
+    # -- rebalancing: when asked, and every rebalance_every seconds ------------------------------------
+
+    def _encoders(self) -> dict[int, Any]:
+        """{slot: handle} of the encoder actors of the registered slots (by name; one that does not
+        exist, e.g. being created, is left out)."""
+        out = {}
+        with self._lock:
+            for slot in self.state["slots"]:
+                if slot not in self._handles:
+                    try:
+                        name = f"{self.config.actor_prefix}-encoder-{slot}"
+                        self._handles[slot] = ray.get_actor(name, namespace=NAMESPACE)
+                    except ValueError:
+                        continue
+                out[slot] = self._handles[slot]
+        return out
+
+    def rebalance(self) -> dict[str, Any]:
+        """:meth:`plan` over the finished streams and the writers' nodes, then the shares applied
+        to the encoder actors: shards that shrink first, then those that grow, so the sum of the
+        shards' caps never exceeds the global cap. -> the plan. One rebalance at a time."""
+        with self._rebalancing:
+            encoders = self._encoders()
+            slots = sorted(encoders)
+            statuses = _gather([encoders[s].status.remote() for s in slots], STATUS_TIMEOUT)
+            nodes = _gather([encoders[s].node.remote() for s in slots], STATUS_TIMEOUT)
+            done = [st["id"] for part in statuses if part for st in part if st["state"] == "finished"]
+            with self._lock:
+                records = json.loads(json.dumps(self.state["streams"]))
+            plan = self.plan(done, self.config.search_cpus, {s: n for s, n in zip(slots, nodes) if n})
+            for shrinking in (True, False):
+                by_slot: dict[int, dict[str, int]] = {}
+                for s, share in plan["shares"].items():
+                    old = records.get(s, {}).get("share")
+                    slot = records.get(s, {}).get("slot")
+                    if (old is None or share < old) == shrinking and slot in encoders:
+                        by_slot.setdefault(slot, {})[s] = share
+                refs = [encoders[slot].set_caps.remote(part) for slot, part in by_slot.items()]
+                if None in _gather(refs, APPLY_TIMEOUT):  # applied by its constructor once restarted
+                    log.warning("an encoder actor did not apply its cap shares in time")
+            with self._lock:
+                self.state["rebalances"] += 1
+                self._save()
+            return plan
+
+    def set_rebalance_every(self, seconds: float) -> None:
+        """Rebalance every ``seconds`` from now on (0: only when asked)."""
+        if not seconds >= 0:
+            raise ConfigError("rebalance_every must be >= 0 seconds (0: rebalance only when asked)")
+        with self._lock:
+            self.state["rebalance_every"] = float(seconds)
+            self._save()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        """Every ``rebalance_every`` seconds, :meth:`tick`; a changed period takes effect at once."""
+        last = time.monotonic()
+        while True:
+            with self._lock:
+                every = float(self.state["rebalance_every"])
+            if self._wake.wait(None if every <= 0 else max(0.0, last + every - time.monotonic())):
+                self._wake.clear()
+                continue
+            last = time.monotonic()
+            self.tick()
+
+    def tick(self) -> bool:
+        """One periodic rebalance (none without streams). -> whether it ran; a failure is logged,
+        the loop goes on."""
+        with self._lock:
+            if not self.state["streams"]:
+                return False
+        try:
+            self.rebalance()
+        except Exception as err:  # noqa: BLE001 - the next tick tries again
+            log.warning("periodic rebalance failed: %s", err)
+            return False
+        return True
+
+    # -- alert rules -------------------------------------------------------------------------------
+
+    def add_alert(self, stream: str, rule: str, threshold: float) -> dict[str, Any]:
+        with self._lock:
+            if stream not in self.state["streams"]:
+                raise ConfigError(f"no stream {stream!r} in this cluster; add it first")
+            made = AlertRule(int(self.state["next_alert"]), stream, rule, float(threshold), time.time())
+            self.state["next_alert"] += 1
+            self.state["alerts"][str(made.id)] = asdict(made)
+            self._save()
+            return asdict(made)
+
+    def remove_alert(self, alert_id: int) -> bool:
+        with self._lock:
+            found = self.state["alerts"].pop(str(int(alert_id)), None) is not None
+            self._save()
+            return found
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """Every alert rule (AlertRule fields), in id order."""
+        with self._lock:
+            return [dict(r) for _, r in sorted(self.state["alerts"].items(), key=lambda p: int(p[0]))]
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def record(self, events: list[tuple[str, dict[str, Any]]]) -> int:
+        """Append events (type, data); -> the last sequence number."""
+        with self._lock:
+            for type_, data in events:
+                self._seq += 1
+                self._events.append((self._seq, type_, data))
+            return self._seq
+
+    def events(self, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """{"epoch", "events": [(seq, type, data)] after ``after``, oldest first, at most ``limit``}."""
+        with self._lock:
+            found = [e for e in self._events if e[0] > after][:limit]
+            return {"epoch": self.epoch, "events": found}
+
 
 def _note(unavailable: dict[str, str]) -> str:
     names = ", ".join(f"camera {s}'s memory is unavailable ({why})" for s, why in sorted(unavailable.items()))
@@ -460,7 +692,9 @@ class AnswerActor:
         streams: Sequence[str] | None = None,
         max_visual_tokens: int | None = None,
         max_new_tokens: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> ClusterAnswer:
+        """The answer from ``shards`` (``on_text``: the text pieces as they decode, in this process)."""
         memory = self._memory(shards)
 
         def open_segments(names: Sequence[str]) -> list[Any]:
@@ -479,11 +713,45 @@ class AnswerActor:
             max_new_tokens=max_new_tokens or self.config.max_new_tokens, open_segments=open_segments,
         )  # fmt: skip
         with self._model_lock:
-            answer = qa.ask(question, time_range=time_range, streams=streams, remember=False)
+            answer = qa.ask(question, time_range=time_range, streams=streams, remember=False, on_text=on_text)
         out = ClusterAnswer(**asdict_shallow(answer), unavailable=dict(memory.unavailable))
         if out.unavailable:
             out.text = (out.text + "\n" + _note(out.unavailable)).strip()
         return out
+
+    def ask_stream(self, question: str, shards: list[ShardRef], **kwargs: Any) -> Iterator[str | ClusterAnswer]:
+        """:meth:`ask` as a Ray streaming generator: each text piece as the model decodes it, then
+        the ClusterAnswer. The question runs on a thread of its own that hands the pieces over a
+        queue, so each is yielded (and reaches the caller) while the next one decodes. What the
+        answer's text adds after the decoded text (a note on evicted or unavailable segments, or
+        the whole text when nothing was decoded) comes as one last piece, so a client that joins
+        the pieces has the whole text."""
+        pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+        def run() -> None:
+            try:
+                answer = self.ask(question, shards, on_text=lambda piece: pieces.put(("text", piece)), **kwargs)
+                pieces.put(("answer", answer))
+            except BaseException as err:  # noqa: BLE001 - raised again on the generator's side
+                pieces.put(("error", err))
+
+        threading.Thread(target=run, name="streamvid-ask-stream", daemon=True).start()
+        sent = ""
+        while True:
+            kind, item = pieces.get()
+            if kind == "error":
+                raise item
+            if kind == "answer":
+                decoded, trail = sent.strip(), sent[len(sent.rstrip()) :]
+                rest = item.text[len(decoded) :] if item.text.startswith(decoded) else ""
+                rest = rest[len(trail) :] if trail and rest.startswith(trail) else rest
+                if rest:
+                    yield rest
+                yield item
+                return
+            if item:
+                sent += item
+                yield item
 
     def retrieve(
         self,

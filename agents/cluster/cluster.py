@@ -1,8 +1,9 @@
 """:class:`Cluster`: the one object in front of a streamvid cluster on Ray. It starts (or finds, by
 name) the coordinator, the encoder actors and the answering actor, and offers what a service
 needs: streams listed, added and removed with their status; questions with streams, time range and
-a visual token budget, answered as :class:`~agents.qa.Answer` (a :class:`ClusterAnswer`); segment
-listings; the global cap. ``streamvid cluster`` and the REST service adapter
+a visual token budget, answered as :class:`~agents.qa.Answer` (a :class:`ClusterAnswer`), the
+text streamed piece by piece when asked; segment listings; the global cap and its rebalancing;
+alert rules and the cluster's events. ``streamvid cluster`` and the REST service adapter
 (agents/cluster/service.py) both use it.
 """
 
@@ -11,11 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
-from agents.cluster.plan import ClusterConfig, StreamSpec, assign_streams
+from agents.cluster.plan import ClusterConfig, StreamSpec, assign_streams, local_id
 from memory import SegmentInfo
 from streamvid.errors import ConfigError
 
@@ -74,7 +76,7 @@ class Cluster:
                 ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
             self._own_ray = True
         self.lifetime = "detached" if detached else None
-        self.prefix = f"streamvid-{config.namespace_key}"
+        self.prefix = config.actor_prefix
         self.coordinator = actors.BudgetCoordinator.options(
             name=f"{self.prefix}-coordinator", namespace=NAMESPACE, get_if_exists=True, lifetime=self.lifetime,
             num_cpus=0, max_restarts=-1, max_task_retries=-1,
@@ -93,8 +95,6 @@ class Cluster:
     def attach(cls, root: str, *, address: str | None = "auto") -> Cluster:
         """The cluster already running on memory root ``root`` (ConfigError when none is)."""
         ray = require_ray()
-        from pathlib import Path
-
         if not ray.is_initialized():
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
         key = ClusterConfig(root=str(root), model="-").namespace_key
@@ -133,7 +133,8 @@ class Cluster:
         self.ray.get([self.encoders[current[s]].stop_stream.remote(s) for s in leaving])
         self.ray.get(self.coordinator.assign.remote(wanted))
         share_of = {s: r["share"] or 1 for s, r in records.items()}
-        self.ray.get([self.encoders[a].start_stream.remote(records[s]["spec"], share_of[s]) for s, a in moves.items()])
+        self.ray.get([self.encoders[a].start_stream.remote(records[s]["spec"], share_of[s], records[s]["shard_no"])
+                      for s, a in moves.items()])  # fmt: skip
         return wanted
 
     def scale(self, encoders: int) -> dict[str, int]:
@@ -225,22 +226,15 @@ class Cluster:
     # -- the global cap ----------------------------------------------------------------------------
 
     def rebalance(self) -> dict[str, Any]:
-        """Recompute every shard's cap share by CABA weights (the coordinator) and apply it: shards
-        that shrink first, then those that grow, so the sum of the shards' caps never exceeds the
-        global cap. -> the coordinator's plan."""
-        records = self._records()
-        done = [s["id"] for s in self.streams() if s["state"] == "finished"]
-        before = {s: r["share"] for s, r in records.items()}
-        plan = self.ray.get(self.coordinator.plan.remote(done, self.config.search_cpus, self.nodes()))
-        shares = plan["shares"]
-        for shrinking in (True, False):
-            by_slot: dict[int, dict[str, int]] = {}
-            for s, share in shares.items():
-                old = before.get(s)
-                if (old is None or share < old) == shrinking and records.get(s, {}).get("slot") in self.encoders:
-                    by_slot.setdefault(records[s]["slot"], {})[s] = share
-            self.ray.get([self.encoders[slot].set_caps.remote(part) for slot, part in by_slot.items()])
-        return plan
+        """Recompute every shard's cap share by CABA weights and apply it, now (the coordinator's
+        :meth:`~agents.cluster.actors.BudgetCoordinator.rebalance`: shards that shrink first, then
+        those that grow, so the sum of the shards' caps never exceeds the global cap). The
+        coordinator also does this on its own every ``rebalance_every`` seconds. -> the plan."""
+        return self.ray.get(self.coordinator.rebalance.remote())
+
+    def set_rebalance_every(self, seconds: float) -> None:
+        """The coordinator's own rebalance every ``seconds`` from now on (0: only when asked)."""
+        self.ray.get(self.coordinator.set_rebalance_every.remote(float(seconds)))
 
     def set_cap(self, cap_tokens: int) -> dict[str, Any]:
         """A new global cap, applied at once (shards re-merge or evict by their new shares)."""
@@ -304,18 +298,28 @@ class Cluster:
         max_visual_tokens: int | None = None,
         k: int | None = None,
         max_new_tokens: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Any:
         """Answer from every shard (or those of ``streams``): fan-out search, global merge, one
         budgeted prefill on the answering actor. -> a ClusterAnswer (its ``unavailable`` names the
-        shards that could not be read; the text says so)."""
+        shards that could not be read; the text says so). ``on_text``: called here with each text
+        piece as the answering actor decodes it (its streaming generator), then the answer returns."""
         shards = self._shards(streams)
-        return self.ray.get(
-            self.answerer.ask.remote(
-                question, shards, encoders=list(self.encoders.values()), k=k, time_range=time_range,
-                streams=list(streams) if streams else None, max_visual_tokens=max_visual_tokens,
-                max_new_tokens=max_new_tokens,
-            )
-        )  # fmt: skip
+        kwargs = dict(encoders=list(self.encoders.values()), k=k, time_range=time_range,
+                      streams=list(streams) if streams else None, max_visual_tokens=max_visual_tokens,
+                      max_new_tokens=max_new_tokens)  # fmt: skip
+        if on_text is None:
+            return self.ray.get(self.answerer.ask.remote(question, shards, **kwargs))
+        answer = None
+        for ref in self.answerer.ask_stream.options(num_returns="streaming").remote(question, shards, **kwargs):
+            item = self.ray.get(ref)
+            if isinstance(item, str):
+                on_text(item)
+            else:
+                answer = item
+        if answer is None:
+            raise ConfigError("the answering actor ended without an answer; ask again")
+        return answer
 
     def retrieve(
         self,
@@ -336,6 +340,68 @@ class Cluster:
     ) -> list[SegmentInfo]:
         """Stored segments (live and evicted) overlapping [start, end], in time order, global ids."""
         return self.sharded_memory([stream] if stream else None).timeline(stream, start, end)
+
+    # -- alerts and events ---------------------------------------------------------------------------
+
+    def _push_alerts(self) -> None:
+        """Every encoder actor gets every rule (a stream's rules follow it when it moves); one
+        that is restarting reads them from the coordinator as it starts."""
+        rules = self.ray.get(self.coordinator.alerts.remote())
+        refs = [e.set_alerts.remote(rules) for e in self.encoders.values()]
+        self.ray.wait(refs, num_returns=len(refs), timeout=STATUS_TIMEOUT)
+
+    def add_alert(self, stream: str, rule: str, threshold: float) -> dict[str, Any]:
+        """A rule checked on ``stream``'s novel segments from now on. -> the rule (AlertRule fields)."""
+        if stream not in self._records():
+            raise ConfigError(f"no stream {stream!r} in this cluster; 'streamvid cluster status' lists them")
+        made = self.ray.get(self.coordinator.add_alert.remote(stream, rule, float(threshold)))
+        self._push_alerts()
+        return made
+
+    def remove_alert(self, alert_id: int) -> bool:
+        """-> whether the rule existed."""
+        found = bool(self.ray.get(self.coordinator.remove_alert.remote(int(alert_id))))
+        if found:
+            self._push_alerts()
+        return found
+
+    def alerts(self) -> list[tuple[dict[str, Any], dict[str, int]]]:
+        """Every rule with its counts (segments stored / checked / fired / skipped), summed over
+        the encoder actors that answer in time (counts are kept by the actors since they started)."""
+        rules = self.ray.get(self.coordinator.alerts.remote())
+        slots = sorted(self.encoders)
+        refs = [self.encoders[s].alert_counts.remote() for s in slots]
+        ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=STATUS_TIMEOUT)
+        totals: dict[int, dict[str, int]] = {r["id"]: {"stored": 0, "checked": 0, "fired": 0, "skipped": 0}
+                                             for r in rules}  # fmt: skip
+        for ref in ready:
+            try:
+                counts = self.ray.get(ref)
+            except self.ray.exceptions.RayError:
+                continue
+            for rid, c in counts.items():
+                if rid in totals:
+                    for name, value in c.items():
+                        totals[rid][name] += value
+        return [(r, totals[r["id"]]) for r in rules]
+
+    def events(self, after: int = 0) -> dict[str, Any]:
+        """The coordinator's recent events: {"epoch", "events": [(seq, type, data)]} after ``after``."""
+        return self.ray.get(self.coordinator.events.remote(int(after)))
+
+    def thumbnail(self, gid: int) -> Path | None:
+        """The key-frame JPEG of segment ``gid`` (a global id), written by its encoder actor into the
+        shard (the service's layout); None when no shard has that number or no file is there."""
+        from agents.service.streams import thumbnail_path
+
+        if gid < 0:
+            return None
+        shard_no, sid = local_id(gid)
+        shards = {s.shard_no: s for s in self.ray.get(self.coordinator.shards.remote())}
+        if shard_no not in shards:
+            return None
+        path = thumbnail_path(shards[shard_no].path, sid)
+        return path if path.is_file() else None
 
     def encoder_info(self) -> dict[int, dict[str, Any]]:
         """slot -> {pid, node, starts, streams} of every encoder actor."""

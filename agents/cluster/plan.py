@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,11 @@ class ClusterConfig:
     each (one GPU each on a GPU cluster, N cores on CPU); answer_gpus: the answering actor's GPUs;
     search_cpus: the Ray CPUs of one shard-search task; max_restarts: how often Ray restarts a
     killed encoder actor (-1: always). cap_tokens: the global cap, shared across the shards by
-    :func:`cap_shares`.
+    :func:`cap_shares`. rebalance_every: seconds between the coordinator's own rebalances of the
+    cap shares (0: only when asked); a minute follows scenes that change over minutes, and a
+    round costs one statistics task per shard (docs/scaling.md). alert_judge: the yes/no judge of
+    alert rules, ``judge(rule, segment) -> (fired, text)`` (None: the encoder actor's Video-LLM,
+    as one service does; another must pickle to the actors).
     """
 
     root: str
@@ -76,6 +80,8 @@ class ClusterConfig:
     tau: float = 1.2
     alpha: float = 0.9
     beta: float = 0.1
+    rebalance_every: float = 60.0
+    alert_judge: Callable[[str, Any], tuple[bool, str]] | None = None
 
     def __post_init__(self) -> None:
         if self.encoders < 1:
@@ -86,11 +92,19 @@ class ClusterConfig:
             raise ConfigError("ratio must be in (0, 1]")
         if self.fps <= 0:
             raise ConfigError("fps must be > 0")
+        if not (math.isfinite(self.rebalance_every) and self.rebalance_every >= 0):
+            raise ConfigError("rebalance_every must be >= 0 seconds (0: rebalance only when asked)")
 
     @property
     def namespace_key(self) -> str:
         """A short name for this memory root, so clusters on different roots never share actors."""
         return hashlib.sha1(str(Path(self.root).resolve()).encode()).hexdigest()[:10]
+
+    @property
+    def actor_prefix(self) -> str:
+        """The Ray name prefix of this root's actors: ``<prefix>-coordinator``,
+        ``<prefix>-encoder-<slot>``, ``<prefix>-answer``."""
+        return f"streamvid-{self.namespace_key}"
 
 
 @dataclass(frozen=True)

@@ -5,27 +5,43 @@ a client of ``/v1/streams``, ``/v1/ask``, ``/v1/search``, ``/v1/segments``, ``/h
 
     app = create_app(ClusterService(Cluster(config), ServiceConfig(media_roots=[...])), mcp=False)
 
-Input checks are the service's own (``agents.service.security``). What a cluster does not offer yet
-answers with a clear status instead of a crash: thumbnails (404) and alerts (501). Segment ids are
-the cluster's global ids. The service package needs the ``serve`` extra (FastAPI, prometheus).
+Input checks are the service's own (``agents.service.security``). Answers stream token by token
+(the answering actor's streaming generator), thumbnails are read from the shards (the encoder
+actors write them there), alert rules live in the coordinator and are checked by the encoder
+actors, and the events they report (``segment``, ``alert``) are polled from the coordinator by a
+thread of this object and published on its EventBus, so ``/v1/events`` works as on one machine.
+What a cluster still does not offer answers with a clear status: ``purge`` (501). Segment ids
+are the cluster's global ids. The service package needs the ``serve`` extra (FastAPI, prometheus).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from agents.cluster.actors import thumbnail_url
 from agents.cluster.cluster import Cluster
 from agents.cluster.plan import StreamSpec
 from agents.qa import Answer
+from agents.service.alerts import RuleCounts, check_rule, counts_json
 from agents.service.core import MAX_QUESTION, ServiceConfig, chosen_streams
 from agents.service.events import EventBus
 from agents.service.metrics import ServiceMetrics
 from agents.service.security import ServiceError, check_stream_id, resolve_source
+from agents.service.state import AlertRule
+from streamvid.errors import ConfigError
 
 __all__ = ["ClusterService"]
+
+log = logging.getLogger(__name__)
+
+# seconds between polls of the coordinator's events
+EVENT_POLL = 0.5
 
 _STATUS_FIELDS = {"frames": 0, "dropped": 0, "segments": 0, "reconnects": 0, "running": False, "error": None}
 
@@ -68,9 +84,13 @@ class _Memory:
 
 class ClusterService:
     """A :class:`~agents.cluster.cluster.Cluster` as the service's backend (see the module docstring).
-    The cluster's lifetime is the caller's: :meth:`close` stops serving, not the cluster."""
+    The cluster's lifetime is the caller's: :meth:`close` stops serving, not the cluster.
+    ``event_poll``: seconds between polls of the coordinator's events (0: none; call
+    :meth:`poll_events` yourself)."""
 
-    def __init__(self, cluster: Cluster, config: ServiceConfig | None = None) -> None:
+    def __init__(
+        self, cluster: Cluster, config: ServiceConfig | None = None, *, event_poll: float = EVENT_POLL
+    ) -> None:
         self.cluster = cluster
         self.config = config or ServiceConfig()
         self.bus = EventBus()
@@ -79,14 +99,55 @@ class ClusterService:
         self.memory = _Memory(self)
         self.metrics.watch(self.snapshot)
         self.ready = False
+        self.event_poll = event_poll
+        self._events_after: tuple[str | None, int] = (None, 0)  # (coordinator epoch, last seq seen)
+        self._events_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
 
     def start(self) -> ClusterService:
+        """Ready for requests; events from now on are relayed (older ones stay in the coordinator)."""
+        with self._events_lock:
+            found = self.cluster.events(0)
+            seqs = [e[0] for e in found["events"]]
+            self._events_after = (found["epoch"], max(seqs, default=0))
+        self._stop.clear()
+        if self.event_poll > 0 and self._poller is None:
+            self._poller = threading.Thread(target=self._poll_loop, name="streamvid-cluster-events", daemon=True)
+            self._poller.start()
         self.ready = True
         return self
 
     def close(self) -> None:
         self.ready = False
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10.0)
+            self._poller = None
         self.bus.close()
+
+    # -- events: the coordinator's log relayed to this service's EventBus ------------------------------
+
+    def poll_events(self) -> int:
+        """Publish the coordinator's events not relayed yet. -> how many. A restarted coordinator
+        (a new epoch) numbers from 1 again: everything it holds is new."""
+        with self._events_lock:
+            epoch, after = self._events_after
+            found = self.cluster.events(after)
+            if found["epoch"] != epoch:
+                found = self.cluster.events(0)
+            for seq, type_, data in found["events"]:
+                self.bus.publish(type_, data)
+                after = seq
+            self._events_after = (found["epoch"], after)
+            return len(found["events"])
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.event_poll):
+            try:
+                self.poll_events()
+            except Exception as err:  # noqa: BLE001 - the coordinator restarting: the next poll retries
+                log.warning("polling the cluster's events failed: %s", err)
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -145,8 +206,8 @@ class ClusterService:
         max_new_tokens: int | None = None,
         on_text: Callable[[str], None] | None = None,
     ) -> Answer:
-        """The cluster's answer (a ClusterAnswer); ``on_text`` gets the whole text once (the answering
-        actor does not stream tokens back yet)."""
+        """The cluster's answer (a ClusterAnswer); ``on_text`` gets each text piece as the answering
+        actor decodes it."""
         if not isinstance(question, str) or not question.strip():
             raise ServiceError(400, "empty_question", "the question is empty; ask something about the video")
         if len(question) > MAX_QUESTION:
@@ -160,10 +221,9 @@ class ClusterService:
         chosen = self.check_streams(streams)
         t0 = time.perf_counter()
         answer = self.cluster.ask(question, streams=chosen, time_range=time_range, max_visual_tokens=max_visual_tokens,
-                                  max_new_tokens=max_new_tokens or self.config.max_new_tokens)  # fmt: skip
+                                  max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                                  on_text=on_text)  # fmt: skip
         self.metrics.ask.observe(time.perf_counter() - t0)
-        if on_text is not None and answer.text:
-            on_text(answer.text)
         return answer
 
     def search(
@@ -180,7 +240,7 @@ class ClusterService:
         found, _ = self.cluster.retrieve(query, k, streams=self.check_streams(streams), time_range=time_range)
         return [
             {"id": s.id, "stream": s.stream, "start": s.start, "end": s.end,
-             "score": None if score is None else float(score), "evicted": s.evicted, "thumbnail": None}
+             "score": None if score is None else float(score), "evicted": s.evicted, "thumbnail": thumbnail_url(s.id)}
             for s, score in found
         ]  # fmt: skip
 
@@ -198,23 +258,34 @@ class ClusterService:
         return [
             {"id": s.id, "stream": s.stream, "index": s.segment_index, "start": s.start, "end": s.end,
              "frames": s.frame_count, "tokens": s.tokens, "original_tokens": s.original_tokens, "status": s.status,
-             "thumbnail": None}
+             "thumbnail": thumbnail_url(s.id)}
             for s in rows
         ]  # fmt: skip
 
-    def thumbnail(self, sid: int) -> Any:
-        raise ServiceError(404, "no_thumbnail", f"the cluster stores no thumbnails (segment {sid})")
+    def thumbnail(self, sid: int) -> Path:
+        """The JPEG of segment ``sid`` (a global id) in its shard; 404 when there is none."""
+        path = self.cluster.thumbnail(sid)
+        if path is None:
+            raise ServiceError(404, "no_thumbnail", f"no thumbnail stored for segment {sid}")
+        return path
 
-    # -- alerts: not on a cluster yet ----------------------------------------------------------------
-
-    def _no_alerts(self) -> ServiceError:
-        return ServiceError(501, "not_supported", "alerts are not available on a cluster backend yet")
+    # -- alerts: rules in the coordinator, checked by the encoder actors --------------------------------
 
     def add_alert(self, stream: Any, rule: Any, threshold: float | None = None) -> dict[str, Any]:
-        raise self._no_alerts()
+        check_stream_id(stream)
+        if stream not in self.known_streams():
+            raise ServiceError(404, "unknown_stream", f"no stream {stream!r}; add it first (POST /v1/streams)")
+        text, value = check_rule(rule, threshold, self.config.alert_threshold)
+        try:
+            made = self.cluster.add_alert(stream, text, value)
+        except ConfigError:  # removed meanwhile
+            raise ServiceError(404, "unknown_stream", f"no stream {stream!r}; GET /v1/streams lists them") from None
+        return counts_json(AlertRule(**made), RuleCounts())
 
     def list_alerts(self) -> list[dict[str, Any]]:
-        return []
+        return [counts_json(AlertRule(**r), RuleCounts(**c)) for r, c in self.cluster.alerts()]
 
     def remove_alert(self, alert_id: int) -> dict[str, Any]:
-        raise self._no_alerts()
+        if not self.cluster.remove_alert(alert_id):
+            raise ServiceError(404, "unknown_alert", f"no alert {alert_id}; GET /v1/alerts lists them")
+        return {"removed": alert_id}

@@ -13,28 +13,39 @@ The compressor's own ``CompressedSegment.uniqueness`` is taken within the segmen
 the streaming path one segment, so always 0); the running mean here is what makes it a
 stream-level signal. Checks run on one worker thread with a bounded queue: ingest never waits
 for an alert (a full queue skips the check and counts it as ``skipped``).
+
+The engine needs of its surroundings only a rule store (``add_alert`` / ``remove_alert`` /
+``alerts``, the service's :class:`~agents.service.state.ServiceState`), something to ``publish``
+events to (the service's :class:`~agents.service.events.EventBus`) and, optionally, metrics. A
+cluster's encoder actor runs it with no store (its rules come from the coordinator through
+:meth:`AlertEngine.set_rules`), no metrics, and a publisher that forwards to the coordinator
+(agents/cluster/actors.py).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from agents.service.events import EventBus
-from agents.service.metrics import ServiceMetrics
-from agents.service.state import AlertRule, ServiceState
+from agents.service.security import ServiceError
+from agents.service.state import AlertRule
 from streamvid.compress.caba import uniqueness
+from streamvid.errors import ConfigError
 from streamvid.models.base import VideoLLM
 from streamvid.types import CompressedSegment
 
-__all__ = ["DEFAULT_THRESHOLD", "AlertEngine", "LLMJudge", "RuleCounts", "counts_json"]
+if TYPE_CHECKING:  # prometheus (the serve extra) stays out of a cluster's encoder actors
+    from agents.service.metrics import ServiceMetrics
+
+__all__ = ["DEFAULT_THRESHOLD", "AlertEngine", "LLMJudge", "RuleCounts", "check_rule", "counts_json"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,35 @@ log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.02
 
 Judge = Callable[[str, CompressedSegment], tuple[bool, str]]
+
+
+class RuleStore(Protocol):
+    """Where rules persist (the service's ServiceState)."""
+
+    def add_alert(self, stream: str, rule: str, threshold: float) -> AlertRule: ...
+
+    def remove_alert(self, alert_id: int) -> bool: ...
+
+    def alerts(self) -> list[AlertRule]: ...
+
+
+class Publisher(Protocol):
+    """Where fired alerts go (the service's EventBus)."""
+
+    def publish(self, type: str, data: dict[str, Any]) -> Any: ...
+
+
+def check_rule(rule: Any, threshold: float | None, default: float) -> tuple[str, float]:
+    """A rule and its novelty threshold as a request gives them -> (rule, threshold), or a 400
+    ServiceError (the same checks for one service and a cluster)."""
+    if not isinstance(rule, str) or not rule.strip() or len(rule) > 500:
+        raise ServiceError(
+            400, "bad_rule", "rule must be a description of 1-500 characters, e.g. 'a person at the door'"
+        )
+    value = default if threshold is None else float(threshold)
+    if not (math.isfinite(value) and 0.0 <= value <= 2.0):
+        raise ServiceError(400, "bad_threshold", "threshold is a novelty in [0, 2] (1 - cosine)")
+    return rule.strip(), value
 
 
 class LLMJudge:
@@ -73,11 +113,14 @@ class _Running:
 
 
 class AlertEngine:
+    """Rules, novelty, the check worker and the counts. ``state``: the rule store (None: rules
+    only through :meth:`set_rules`); ``metrics``: None counts nothing in Prometheus."""
+
     def __init__(
         self,
-        state: ServiceState,
-        bus: EventBus,
-        metrics: ServiceMetrics,
+        state: RuleStore | None,
+        bus: Publisher,
+        metrics: ServiceMetrics | None,
         judge: Judge,
         *,
         queue_size: int = 64,
@@ -88,7 +131,7 @@ class AlertEngine:
         self.metrics = metrics
         self.judge = judge
         self.thumbnail_url = thumbnail_url
-        self._rules: dict[int, AlertRule] = {r.id: r for r in state.alerts()}
+        self._rules: dict[int, AlertRule] = {r.id: r for r in state.alerts()} if state is not None else {}
         self.counts: dict[int, RuleCounts] = {rid: RuleCounts() for rid in self._rules}
         self._means: dict[str, _Running] = {}
         self._lock = threading.Lock()
@@ -99,6 +142,8 @@ class AlertEngine:
     # -- rules -----------------------------------------------------------------------------
 
     def add(self, stream: str, rule: str, threshold: float) -> AlertRule:
+        if self.state is None:
+            raise ConfigError("this alert engine keeps no rules of its own; give it a rule store or use set_rules")
         made = self.state.add_alert(stream, rule, threshold)
         with self._lock:
             self._rules[made.id] = made
@@ -109,7 +154,14 @@ class AlertEngine:
         with self._lock:
             self._rules.pop(rule_id, None)
             self.counts.pop(rule_id, None)
-        return self.state.remove_alert(rule_id)
+        return self.state.remove_alert(rule_id) if self.state is not None else False
+
+    def set_rules(self, rules: list[AlertRule]) -> None:
+        """Replace the rules with ``rules`` (kept elsewhere, e.g. by a cluster's coordinator); a
+        rule kept keeps its counts, a new one starts at zero."""
+        with self._lock:
+            self._rules = {r.id: r for r in rules}
+            self.counts = {r.id: self.counts.get(r.id, RuleCounts()) for r in rules}
 
     def rules(self) -> list[tuple[AlertRule, RuleCounts]]:
         with self._lock:
@@ -139,7 +191,7 @@ class AlertEngine:
             rules = [r for r in self._rules.values() if r.stream == stream]
             for r in rules:
                 self.counts[r.id].stored += 1
-        if rules:
+        if rules and self.metrics is not None:
             self.metrics.alert_stored.labels(stream).inc()
         for r in rules:
             if value < r.threshold:
@@ -167,8 +219,9 @@ class AlertEngine:
             except Exception as err:  # noqa: BLE001 - a failed check is logged, the worker keeps going
                 log.warning("alert %d on segment %d failed: %s", rule.id, sid, err)
                 continue
-            self.metrics.alert_check_seconds.observe(time.perf_counter() - t0)
-            self.metrics.alert_checked.labels(rule.stream).inc()
+            if self.metrics is not None:
+                self.metrics.alert_check_seconds.observe(time.perf_counter() - t0)
+                self.metrics.alert_checked.labels(rule.stream).inc()
             with self._lock:
                 counts = self.counts.get(rule.id)
                 if counts is None:
@@ -176,7 +229,8 @@ class AlertEngine:
                 counts.checked += 1
                 counts.fired += bool(fired)
             if fired:
-                self.metrics.alert_fired.labels(rule.stream).inc()
+                if self.metrics is not None:
+                    self.metrics.alert_fired.labels(rule.stream).inc()
                 self.bus.publish(
                     "alert",
                     {

@@ -40,7 +40,7 @@ from streamvid.ingest.sources import FileSource, RawFrame, VideoSource, open_sou
 from streamvid.models.base import VideoLLM
 from streamvid.types import CompressedSegment, Segment
 
-__all__ = ["THUMBNAIL_DIR", "StreamRegistry"]
+__all__ = ["THUMBNAIL_DIR", "StreamRegistry", "thumbnail_path", "write_thumbnail"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,12 @@ def write_thumbnail(path: Path, frame: np.ndarray, width: int = THUMBNAIL_WIDTH)
     partial = path.with_suffix(".partial")
     image.save(partial, format="JPEG", quality=80)
     partial.replace(path)
+
+
+def thumbnail_path(memory_root: str | Path, sid: int) -> Path:
+    """Where segment ``sid``'s key-frame JPEG lives beside the memory at ``memory_root`` (1000 per
+    directory); one layout for the service and a cluster's shards."""
+    return Path(memory_root) / THUMBNAIL_DIR / f"{sid // 1000:05d}" / f"{sid}.jpg"
 
 
 def _finished(job: Ingest) -> bool:
@@ -320,7 +326,7 @@ class StreamRegistry:
         )
 
     def thumbnail_path(self, sid: int) -> Path:
-        return self.thumbnails / f"{sid // 1000:05d}" / f"{sid}.jpg"
+        return thumbnail_path(self.memory.root, sid)
 
     def open_segments(self, streams: Sequence[str] = ()) -> list[CompressedSegment]:
         """The still-open segment of each running stream (all when ``streams`` is empty), for questions about now."""
