@@ -4,7 +4,10 @@ input, with the scaling efficiency, and the latency of a question's fan-out over
 Ingest: ``streams`` copies of the sample clip (streamvid.sample) as file streams, ingested by a
 fresh cluster of N encoder actors (tiny random checkpoint; actors are up before the clock starts);
 frames/s = sampled frames stored / wall seconds from the first ``add_stream`` to the last stream
-finished (control plane included). Efficiency(N) = fps(N) / (N fps(1)).
+finished (control plane included). Efficiency(N) = fps(N) / (N fps(1)). Before the timed runs, one
+untimed run (one actor, one stream) pays Ray's first-use costs (worker start, imports, object
+store), which would otherwise fall on whichever size runs first; each size then runs ``repeats``
+times on fresh clusters and reports its median.
 
 Fan-out: N shards of ``segments`` random segments each, written directly (``add_many``); a
 question's read side is timed as a :class:`~agents.cluster.shards.ShardedMemory` does it: the
@@ -12,7 +15,7 @@ shards' facts (one task per shard) then a top-k search on every shard (one task 
 the global merge; p50/p95 over ``queries`` warm questions, beside the same calls run in-process
 one shard after another (no Ray), so the Ray overhead shows.
 
-``python -m bench.cluster_speed`` runs the small sizes and prints :func:`summary`. Numbers are from
+``streamvid bench cluster`` runs the small sizes and prints :func:`summary`. Numbers are from
 whatever machine runs it: label them (CPU here).
 """
 
@@ -30,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["main", "measure_fan_out", "measure_ingest", "run", "summary"]
+__all__ = ["measure_fan_out", "measure_ingest", "run", "summary"]
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -47,9 +50,11 @@ def measure_ingest(
     model: str | None = None,
     device: str = "cpu",
     gpus_per_encoder: float = 0.0,
+    repeats: int = 1,
 ) -> list[dict[str, Any]]:
     """Frames/s through clusters of 1, 2, 4 encoder actors on the same ``streams`` file streams
-    (``model``: a checkpoint directory every node reads; default: a tiny random LLaVA-OV)."""
+    (``model``: a checkpoint directory every node reads; default: a tiny random LLaVA-OV), after
+    one untimed warm-up run; the median of ``repeats`` runs per size."""
     from agents.cluster import Cluster, ClusterConfig, StreamSpec
     from bench.random_models import tiny_llava
     from streamvid.sample import write_sample_video
@@ -57,26 +62,34 @@ def measure_ingest(
     model = model or str(tiny_llava(root / "llava"))
     video = root / "sample.mp4"
     write_sample_video(video)
-    rows = []
-    for n in encoders:
+
+    def once(name: str, n: int, count: int) -> tuple[int, int, float]:
+        """(frames, segments, wall seconds) of ``count`` streams through a fresh cluster of ``n`` actors."""
         config = ClusterConfig(
-            root=str(root / f"ingest-{n}"), model=model, embedder="none", ratio=0.5, fps=fps, max_len=max_len,
+            root=str(root / name), model=model, embedder="none", ratio=0.5, fps=fps, max_len=max_len,
             dtype="float32" if device == "cpu" else None, encoders=n, cpus_per_encoder=1, answer_cpus=0,
             search_cpus=0.25, cap_tokens=1_000_000, device=device, gpus_per_encoder=gpus_per_encoder,
+            rebalance_every=0,
         )  # fmt: skip
         cluster = Cluster(config)
         try:
             cluster.encoder_info()  # every actor constructed (models loaded) before the clock starts
             t0 = time.perf_counter()
-            cluster.add_streams([StreamSpec(f"cam{i}", str(video)) for i in range(streams)])
+            cluster.add_streams([StreamSpec(f"cam{i}", str(video)) for i in range(count)])
             done = cluster.wait(timeout=1800)
             wall = time.perf_counter() - t0
-            frames = sum(int(s.get("frames") or 0) for s in done)
-            segments = sum(int(s.get("segments") or 0) for s in done)
         finally:
             cluster.shutdown(stop_ray=False)
+        frames = sum(int(s.get("frames") or 0) for s in done)
+        return frames, sum(int(s.get("segments") or 0) for s in done), wall
+
+    once("warm-up", 1, 1)  # Ray's first-use costs, not counted
+    rows = []
+    for n in encoders:
+        runs = [once(f"ingest-{n}-{r}", n, streams) for r in range(repeats)]
+        frames, segments, wall = sorted(runs, key=lambda run: run[0] / run[2])[len(runs) // 2]  # the median
         rows.append({"encoders": n, "streams": streams, "frames": frames, "segments": segments, "seconds": wall,
-                     "fps": frames / wall if wall > 0 else 0.0})  # fmt: skip
+                     "fps": frames / wall if wall > 0 else 0.0, "runs": len(runs)})  # fmt: skip
     base = rows[0]["fps"] / rows[0]["encoders"] if rows and rows[0]["fps"] else 0.0
     for r in rows:
         r["efficiency"] = r["fps"] / (r["encoders"] * base) if base else 0.0
@@ -154,6 +167,7 @@ def run(
     model: str | None = None,
     device: str = "cpu",
     gpus_per_encoder: float = 0.0,
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """Both measurements on a local Ray (started here unless this process is connected already;
     to measure a real cluster, ``ray.init(address="auto")`` first and pass a shared ``root``)."""
@@ -175,7 +189,13 @@ def run(
             "machine": machine,
             "ray": ray.__version__,
             "ingest": measure_ingest(
-                root, encoders, streams, model=model, device=device, gpus_per_encoder=gpus_per_encoder
+                root,
+                encoders,
+                streams,
+                model=model,
+                device=device,
+                gpus_per_encoder=gpus_per_encoder,
+                repeats=repeats,
             ),  # fmt: skip
             "fan_out": measure_fan_out(root, shards, segments, queries),
         }
@@ -193,7 +213,7 @@ def summary(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"ingest {r['encoders']} encoder actor(s), {r['streams']} streams: {r['frames']} frames, "
             f"{r['segments']} segments in {r['seconds']:.1f} s = {r['fps']:.1f} frames/s, "
-            f"scaling efficiency {r['efficiency']:.2f}"
+            f"scaling efficiency {r['efficiency']:.2f} (median of {r.get('runs', 1)})"
         )
     for r in report["fan_out"]:
         lines.append(
@@ -201,26 +221,3 @@ def summary(report: dict[str, Any]) -> list[str]:
             f"p95 {r['ray_p95_ms']:.1f} ms; in-process p50 {r['local_p50_ms']:.1f} ms p95 {r['local_p95_ms']:.1f} ms"
         )
     return lines
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(description="streamvid cluster speed: ingest scaling and query fan-out")
-    p.add_argument("--model", help="checkpoint directory for the encoder actors (default: a tiny random one)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--gpus-per-encoder", type=float, default=0.0)
-    p.add_argument("--encoders", default="1,2,4")
-    p.add_argument("--streams", type=int, default=4)
-    p.add_argument("--shards", default="1,4,16")
-    p.add_argument("--segments", type=int, default=200, help="segments per shard in the fan-out part")
-    p.add_argument("--queries", type=int, default=10)
-    a = p.parse_args(argv)
-    report = run(encoders=[int(x) for x in a.encoders.split(",")], streams=a.streams,
-                 shards=[int(x) for x in a.shards.split(",")], segments=a.segments, queries=a.queries,
-                 model=a.model, device=a.device, gpus_per_encoder=a.gpus_per_encoder)  # fmt: skip
-    print("\n".join(summary(report)))
-
-
-if __name__ == "__main__":
-    main()

@@ -153,6 +153,57 @@ def live(
     _write_json(report, out)
 
 
+@app.command("cluster")
+def cluster(
+    encoders: Annotated[str, typer.Option(help="comma-separated encoder actor counts")] = "1,2,4",
+    streams: Annotated[
+        int, typer.Option(help="file streams per ingest run (>= 1)", callback=CHECKS["positive_int"])
+    ] = 4,
+    repeats: Annotated[
+        int, typer.Option(help="ingest runs per actor count (median; >= 1)", callback=CHECKS["positive_int"])
+    ] = 1,
+    shards: Annotated[str, typer.Option(help="comma-separated shard counts of the fan-out part")] = "1,4,16",
+    segments: Annotated[
+        int, typer.Option(help="segments per shard in the fan-out part (>= 1)", callback=CHECKS["positive_int"])
+    ] = 200,
+    queries: Annotated[
+        int, typer.Option(help="timed questions per shard count (>= 1)", callback=CHECKS["positive_int"])
+    ] = 10,
+    model: Annotated[
+        str | None, typer.Option(help="checkpoint directory for the encoder actors (default: a tiny random one)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps", callback=CHECKS["device"])] = "cpu",
+    gpus_per_encoder: Annotated[float, typer.Option(help="GPUs per encoder actor", min=0)] = 0.0,
+    out: Annotated[Path, typer.Option(help="JSON output")] = Path("bench-out/cluster.json"),
+) -> None:
+    """Ray: ingest frames/s with 1, 2, 4 encoder actors (scaling efficiency) and query fan-out over 1, 4, 16 shards."""
+    from agents.cluster.cluster import require_ray
+    from bench.cluster_speed import run, summary
+
+    require_ray()
+    report = run(
+        encoders=_counts(encoders, "--encoders"), streams=streams, shards=_counts(shards, "--shards"),
+        segments=segments, queries=queries, model=model, device=device, gpus_per_encoder=gpus_per_encoder,
+        repeats=repeats,
+    )  # fmt: skip
+    for line in summary(report):
+        console.print(line, soft_wrap=True)
+    _write_json(report, out)
+
+
+def _counts(text: str, option: str) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; anything else is a one-line ConfigError."""
+    from streamvid.errors import ConfigError
+
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"{option} takes positive whole numbers separated by commas, e.g. 1,2,4; got {text!r}")
+    return counts
+
+
 @app.command("quantized")
 def quantized(
     out: Annotated[Path, typer.Option(help="JSON output")] = Path("bench-out/quantized.json"),
