@@ -138,6 +138,7 @@ def run(
     )  # fmt: skip
     cluster = Cluster(config, address=address, num_cpus=num_cpus, detached=detach)
     try:
+        cluster.set_rebalance_every(rebalance_every)  # also on a root whose coordinator kept another period
         known = {s["id"] for s in cluster.streams()}
         for name in sorted(known & {n for n, _ in pairs}):
             console.print(f"{name}: already in the cluster (resumes where its shard stopped)")

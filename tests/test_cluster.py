@@ -86,8 +86,40 @@ def test_global_merge_and_global_ids():
     assert local_id(global_id(5, 123)) == (5, 123) and global_id(5, 123) < 2**53
     with pytest.raises(ConfigError, match="stream id"):
         StreamSpec("../etc", "x.mp4")
-    with pytest.raises(ConfigError, match="rebalance_every"):
-        ClusterConfig(root="r", model="m", rebalance_every=-1)
+    for bad in (-1, float("inf"), float("nan")):  # an endless wait would end the coordinator's loop
+        with pytest.raises(ConfigError, match="rebalance_every"):
+            ClusterConfig(root="r", model="m", rebalance_every=bad)
+
+
+@pytest.mark.parametrize(
+    "pieces, final",
+    [
+        (["Yes", ". ", "It", " opens", " "], "Yes. It opens"),
+        (["  ", " Yes", ".", "  "], "Yes."),  # leading and trailing whitespace stripped
+        (["Yes", ". ", " "], "Yes.\n(Note: camera b's memory is unavailable.)"),  # a note after the text
+        (["Yes", ".\n\n"], "Yes.\n(Note: nothing was retained for 0:10-0:20.)"),
+        ([], "Nothing was recorded between 0:00 and 0:10."),  # nothing decoded: the whole text at the end
+        (["", "a", "", " b"], "a b"),
+    ],
+)
+def test_streamed_pieces_join_to_the_final_text_exactly(pieces, final):
+    pytest.importorskip("ray")
+    from agents.cluster.actors import TextJoin
+
+    join = TextJoin()
+    sent = [join.piece(p) for p in pieces]
+    sent.append(join.rest(final))
+    assert "".join(sent) == final
+    assert all(piece == piece.rstrip() for piece in sent[:-1])  # whitespace is sent only before more text
+
+
+def test_a_rewritten_decode_sends_nothing_more():
+    pytest.importorskip("ray")
+    from agents.cluster.actors import TextJoin
+
+    join = TextJoin()
+    assert join.piece("Yes ,") == "Yes ,"
+    assert join.rest("Yes, it opens") == ""  # the answer event carries the text
 
 
 def yes_judge(rule, segment):
@@ -483,3 +515,32 @@ def test_the_coordinator_rebalances_on_its_own_clock(cluster, two_streams):
     assert {s: r["share"] for s, r in after["streams"].items()} != {s: r["share"] for s, r in before["streams"].items()}
     caps = {st["id"]: st["token_cap"] for st in cluster.streams()}
     assert all(caps[s] == after["streams"][s]["share"] for s in after["streams"])  # applied by the actors
+
+
+@pytest.mark.ray
+def test_an_overtaken_rule_push_is_ignored_and_a_new_front_relays_only_new_events(cluster, two_streams, setup):
+    pytest.importorskip("fastapi")
+    from agents.cluster.service import ClusterService
+    from agents.service.core import ServiceConfig
+
+    made = cluster.add_alert("a", "a dog", 0.5)
+    version, rules = cluster.ray.get(cluster.coordinator.alerts.remote())
+    assert made["id"] in {r["id"] for r in rules}
+    encoder = cluster.encoders[min(cluster.encoders)]
+    cluster.ray.get(encoder.set_alerts.remote(version - 1, []))  # an older push, arriving late
+    assert made["id"] in cluster.ray.get(encoder.alert_counts.remote())
+    assert cluster.remove_alert(made["id"])
+    assert made["id"] not in cluster.ray.get(encoder.alert_counts.remote())
+
+    old = [("segment", {"stream": "x", "n": i}) for i in range(1500)]  # more than one page of events
+    cluster.ray.get(cluster.coordinator.record.remote(old))
+    service = ClusterService(cluster, ServiceConfig(media_roots=[setup["root"]]), event_poll=0).start()
+    try:
+        service.poll_events()
+        assert not [e for e in service.bus.recent(types={"segment"}) if e.data["stream"] == "x"]  # none replayed
+        cluster.ray.get(cluster.coordinator.record.remote([("segment", {"stream": "x", "n": -1})]))
+        service.poll_events()
+        relayed = [e.data["n"] for e in service.bus.recent(types={"segment"}) if e.data["stream"] == "x"]
+        assert relayed == [-1]
+    finally:
+        service.close()

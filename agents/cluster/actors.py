@@ -39,7 +39,15 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from agents.cluster.cluster import NAMESPACE
-from agents.cluster.plan import ClusterConfig, StreamSpec, cap_shares, global_id, shard_dir, shard_weights
+from agents.cluster.plan import (
+    ClusterConfig,
+    StreamSpec,
+    cap_shares,
+    check_rebalance_every,
+    global_id,
+    shard_dir,
+    shard_weights,
+)
 from agents.cluster.shards import ShardedMemory, ShardRef, summarize_shard
 from agents.ingest import Ingest, build_ingest, source_key
 from agents.qa import Answer, VideoQA
@@ -55,6 +63,7 @@ __all__ = [
     "ClusterAnswer",
     "EncoderActor",
     "PacedFile",
+    "TextJoin",
     "asdict_shallow",
     "ray_fan_out",
 ]
@@ -203,7 +212,8 @@ class EncoderActor:
         self.alerts = AlertEngine(None, self.events, None, judge, thumbnail_url=thumbnail_url)
         self.streams: dict[str, _Running] = {}
         self._lock = threading.Lock()
-        self.set_alerts(ray.get(self.coordinator.alerts.remote()))
+        self._alerts_version = -1
+        self.set_alerts(*ray.get(self.coordinator.alerts.remote()))
         specs, self.starts = ray.get(self.coordinator.streams_for.remote(slot, started=True))
         for spec, share, shard_no in specs:  # after a restart: the same streams again, each resuming
             self._start(StreamSpec(**spec), share, shard_no)
@@ -284,9 +294,14 @@ class EncoderActor:
             "novelty": novelty, "thumbnail": thumbnail_url(gid),
         })  # fmt: skip
 
-    def set_alerts(self, rules: list[dict[str, Any]]) -> None:
-        """The cluster's alert rules (the coordinator's): each is checked on its stream's segments."""
-        self.alerts.set_rules([AlertRule(**r) for r in rules])
+    def set_alerts(self, version: int, rules: list[dict[str, Any]]) -> None:
+        """The cluster's alert rules at ``version`` (the coordinator's): each is checked on its
+        stream's segments. An older version than the one held (a push that was overtaken) is ignored."""
+        with self._lock:
+            if version < self._alerts_version:
+                return
+            self._alerts_version = version
+            self.alerts.set_rules([AlertRule(**r) for r in rules])
 
     def alert_counts(self) -> dict[int, dict[str, int]]:
         """{rule id: segments stored / checked / fired / skipped here} since this actor started."""
@@ -393,7 +408,7 @@ def _gather(refs: Sequence[Any], timeout: float) -> list[Any]:
     return out
 
 
-@ray.remote(max_concurrency=4)
+@ray.remote(max_concurrency=4, concurrency_groups={"rebalance": 1})
 class BudgetCoordinator:
     """The cluster's registry of streams and its global cap (an actor, not a protocol).
 
@@ -402,6 +417,10 @@ class BudgetCoordinator:
     share, the alert rules, and the rebalance period. :meth:`plan` reads every shard's CABA
     statistics (Ray tasks), computes the shares (:func:`~agents.cluster.plan.cap_shares`) and
     records them; :meth:`rebalance` also applies them to the encoder actors (found by name).
+
+    A rebalance asked for through Ray runs in a concurrency group of its own (one thread): it can
+    wait minutes for an encoder actor that is restarting, and that actor, to start, needs this
+    coordinator's registry methods, which keep the other threads.
 
     The periodic rebalance runs here, on a thread of this actor, every ``rebalance_every``
     seconds: the coordinator is the one part that lives as long as the cluster (detached with it,
@@ -422,13 +441,13 @@ class BudgetCoordinator:
             self.state = json.loads(self.path.read_text())
         self.state.setdefault("alerts", {})
         self.state.setdefault("next_alert", 1)
+        self.state.setdefault("alerts_version", 0)
         self.state.setdefault("rebalance_every", config.rebalance_every)
         self.state.setdefault("rebalances", 0)
         self.config = config
         self.epoch = uuid.uuid4().hex[:12]
         self._events: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=EVENT_HISTORY)
         self._seq = 0
-        self._handles: dict[int, Any] = {}
         self._wake = threading.Event()
         threading.Thread(target=self._loop, name="streamvid-rebalance", daemon=True).start()
 
@@ -449,8 +468,6 @@ class BudgetCoordinator:
         with self._lock:
             self.state["slots"] = sorted(slots)
             self._save()
-            for gone in set(self._handles) - set(slots):  # a slot made again later is a new actor
-                del self._handles[gone]
 
     def add(self, spec: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -542,20 +559,20 @@ class BudgetCoordinator:
     # -- rebalancing: when asked, and every rebalance_every seconds ------------------------------------
 
     def _encoders(self) -> dict[int, Any]:
-        """{slot: handle} of the encoder actors of the registered slots (by name; one that does not
+        """{slot: handle} of the encoder actors of the registered slots, looked up by name each time
+        (a slot's actor made again after it died for good is another actor; one that does not
         exist, e.g. being created, is left out)."""
-        out = {}
         with self._lock:
-            for slot in self.state["slots"]:
-                if slot not in self._handles:
-                    try:
-                        name = f"{self.config.actor_prefix}-encoder-{slot}"
-                        self._handles[slot] = ray.get_actor(name, namespace=NAMESPACE)
-                    except ValueError:
-                        continue
-                out[slot] = self._handles[slot]
+            slots = list(self.state["slots"])
+        out = {}
+        for slot in slots:
+            try:
+                out[slot] = ray.get_actor(f"{self.config.actor_prefix}-encoder-{slot}", namespace=NAMESPACE)
+            except ValueError:
+                continue
         return out
 
+    @ray.method(concurrency_group="rebalance")
     def rebalance(self) -> dict[str, Any]:
         """:meth:`plan` over the finished streams and the writers' nodes, then the shares applied
         to the encoder actors: shards that shrink first, then those that grow, so the sum of the
@@ -586,24 +603,28 @@ class BudgetCoordinator:
 
     def set_rebalance_every(self, seconds: float) -> None:
         """Rebalance every ``seconds`` from now on (0: only when asked)."""
-        if not seconds >= 0:
-            raise ConfigError("rebalance_every must be >= 0 seconds (0: rebalance only when asked)")
+        check_rebalance_every(seconds)
         with self._lock:
             self.state["rebalance_every"] = float(seconds)
             self._save()
         self._wake.set()
 
     def _loop(self) -> None:
-        """Every ``rebalance_every`` seconds, :meth:`tick`; a changed period takes effect at once."""
+        """Every ``rebalance_every`` seconds, :meth:`tick`; a changed period takes effect at once.
+        Never ends: a failed round is logged and the next one comes."""
         last = time.monotonic()
         while True:
-            with self._lock:
-                every = float(self.state["rebalance_every"])
-            if self._wake.wait(None if every <= 0 else max(0.0, last + every - time.monotonic())):
-                self._wake.clear()
-                continue
-            last = time.monotonic()
-            self.tick()
+            try:
+                with self._lock:
+                    every = float(self.state["rebalance_every"])
+                if self._wake.wait(None if every <= 0 else max(0.0, last + every - time.monotonic())):
+                    self._wake.clear()
+                    continue
+                last = time.monotonic()
+                self.tick()
+            except Exception as err:  # noqa: BLE001 - e.g. a bad period in an old cluster.json
+                log.warning("the rebalance loop: %s; trying again in a minute", err)
+                self._wake.wait(60.0)
 
     def tick(self) -> bool:
         """One periodic rebalance (none without streams). -> whether it ran; a failure is logged,
@@ -627,19 +648,24 @@ class BudgetCoordinator:
             made = AlertRule(int(self.state["next_alert"]), stream, rule, float(threshold), time.time())
             self.state["next_alert"] += 1
             self.state["alerts"][str(made.id)] = asdict(made)
+            self.state["alerts_version"] += 1
             self._save()
             return asdict(made)
 
     def remove_alert(self, alert_id: int) -> bool:
         with self._lock:
             found = self.state["alerts"].pop(str(int(alert_id)), None) is not None
-            self._save()
+            if found:
+                self.state["alerts_version"] += 1
+                self._save()
             return found
 
-    def alerts(self) -> list[dict[str, Any]]:
-        """Every alert rule (AlertRule fields), in id order."""
+    def alerts(self) -> tuple[int, list[dict[str, Any]]]:
+        """(version, every alert rule as AlertRule fields in id order); the version grows with every
+        change, so an encoder actor can tell an older push of the rules from a newer one."""
         with self._lock:
-            return [dict(r) for _, r in sorted(self.state["alerts"].items(), key=lambda p: int(p[0]))]
+            rules = [dict(r) for _, r in sorted(self.state["alerts"].items(), key=lambda p: int(p[0]))]
+            return int(self.state["alerts_version"]), rules
 
     # -- events --------------------------------------------------------------------------------------
 
@@ -652,15 +678,43 @@ class BudgetCoordinator:
             return self._seq
 
     def events(self, after: int = 0, limit: int = 1000) -> dict[str, Any]:
-        """{"epoch", "events": [(seq, type, data)] after ``after``, oldest first, at most ``limit``}."""
+        """{"epoch", "last": the newest sequence number, "events": [(seq, type, data)] after
+        ``after``, oldest first, at most ``limit``}."""
         with self._lock:
             found = [e for e in self._events if e[0] > after][:limit]
-            return {"epoch": self.epoch, "events": found}
+            return {"epoch": self.epoch, "last": self._seq, "events": found}
 
 
 def _note(unavailable: dict[str, str]) -> str:
     names = ", ".join(f"camera {s}'s memory is unavailable ({why})" for s, why in sorted(unavailable.items()))
     return f"(Note: {names}; the answer covers the other streams only.)"
+
+
+class TextJoin:
+    """Decoded text pieces -> the pieces to send, so that the sent pieces joined are the answer's
+    final text exactly: that text is stripped (leading whitespace is dropped, trailing whitespace
+    is held back until more text follows it) and may go on after the decoded text (a note on
+    evicted or unavailable segments), which :meth:`rest` gives. Should the final text not begin
+    with what was sent (a tokenizer that rewrites earlier text as it decodes), nothing more is sent;
+    the answer itself carries the text."""
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self.held = ""
+
+    def piece(self, text: str) -> str:
+        """The part of a newly decoded piece to send now ("" when none)."""
+        text = self.held + text
+        if not self.sent:
+            text = text.lstrip()
+        body = text.rstrip()
+        self.held = text[len(body) :]
+        self.sent += body
+        return body
+
+    def rest(self, final: str) -> str:
+        """What the final text adds after the pieces sent so far."""
+        return final[len(self.sent) :] if final.startswith(self.sent) else ""
 
 
 @ray.remote(max_concurrency=4)
@@ -736,22 +790,20 @@ class AnswerActor:
                 pieces.put(("error", err))
 
         threading.Thread(target=run, name="streamvid-ask-stream", daemon=True).start()
-        sent = ""
+        join = TextJoin()
         while True:
             kind, item = pieces.get()
             if kind == "error":
                 raise item
             if kind == "answer":
-                decoded, trail = sent.strip(), sent[len(sent.rstrip()) :]
-                rest = item.text[len(decoded) :] if item.text.startswith(decoded) else ""
-                rest = rest[len(trail) :] if trail and rest.startswith(trail) else rest
+                rest = join.rest(item.text)
                 if rest:
                     yield rest
                 yield item
                 return
-            if item:
-                sent += item
-                yield item
+            piece = join.piece(item)
+            if piece:
+                yield piece
 
     def retrieve(
         self,

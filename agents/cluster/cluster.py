@@ -19,7 +19,7 @@ from typing import Any
 
 from agents.cluster.plan import ClusterConfig, StreamSpec, assign_streams, local_id
 from memory import SegmentInfo
-from streamvid.errors import ConfigError
+from streamvid.errors import ConfigError, StreamvidError
 
 __all__ = ["NAMESPACE", "RAY_HINT", "Cluster", "require_ray"]
 
@@ -308,15 +308,20 @@ class Cluster:
         kwargs = dict(encoders=list(self.encoders.values()), k=k, time_range=time_range,
                       streams=list(streams) if streams else None, max_visual_tokens=max_visual_tokens,
                       max_new_tokens=max_new_tokens)  # fmt: skip
-        if on_text is None:
-            return self.ray.get(self.answerer.ask.remote(question, shards, **kwargs))
-        answer = None
-        for ref in self.answerer.ask_stream.options(num_returns="streaming").remote(question, shards, **kwargs):
-            item = self.ray.get(ref)
-            if isinstance(item, str):
-                on_text(item)
-            else:
-                answer = item
+        try:
+            if on_text is None:
+                return self.ray.get(self.answerer.ask.remote(question, shards, **kwargs))
+            answer = None
+            for ref in self.answerer.ask_stream.options(num_returns="streaming").remote(question, shards, **kwargs):
+                item = self.ray.get(ref)
+                if isinstance(item, str):
+                    on_text(item)
+                else:
+                    answer = item
+        except self.ray.exceptions.RayTaskError as err:  # our own error, without the remote traceback
+            if isinstance(err.cause, StreamvidError):
+                raise err.cause from None
+            raise
         if answer is None:
             raise ConfigError("the answering actor ended without an answer; ask again")
         return answer
@@ -346,8 +351,8 @@ class Cluster:
     def _push_alerts(self) -> None:
         """Every encoder actor gets every rule (a stream's rules follow it when it moves); one
         that is restarting reads them from the coordinator as it starts."""
-        rules = self.ray.get(self.coordinator.alerts.remote())
-        refs = [e.set_alerts.remote(rules) for e in self.encoders.values()]
+        version, rules = self.ray.get(self.coordinator.alerts.remote())
+        refs = [e.set_alerts.remote(version, rules) for e in self.encoders.values()]
         self.ray.wait(refs, num_returns=len(refs), timeout=STATUS_TIMEOUT)
 
     def add_alert(self, stream: str, rule: str, threshold: float) -> dict[str, Any]:
@@ -368,7 +373,7 @@ class Cluster:
     def alerts(self) -> list[tuple[dict[str, Any], dict[str, int]]]:
         """Every rule with its counts (segments stored / checked / fired / skipped), summed over
         the encoder actors that answer in time (counts are kept by the actors since they started)."""
-        rules = self.ray.get(self.coordinator.alerts.remote())
+        _, rules = self.ray.get(self.coordinator.alerts.remote())
         slots = sorted(self.encoders)
         refs = [self.encoders[s].alert_counts.remote() for s in slots]
         ready, _ = self.ray.wait(refs, num_returns=len(refs), timeout=STATUS_TIMEOUT)
@@ -385,9 +390,10 @@ class Cluster:
                         totals[rid][name] += value
         return [(r, totals[r["id"]]) for r in rules]
 
-    def events(self, after: int = 0) -> dict[str, Any]:
-        """The coordinator's recent events: {"epoch", "events": [(seq, type, data)]} after ``after``."""
-        return self.ray.get(self.coordinator.events.remote(int(after)))
+    def events(self, after: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """The coordinator's recent events: {"epoch", "last", "events": [(seq, type, data)]} after
+        ``after``, at most ``limit`` (the oldest first)."""
+        return self.ray.get(self.coordinator.events.remote(int(after), int(limit)), timeout=STATUS_TIMEOUT)
 
     def thumbnail(self, gid: int) -> Path | None:
         """The key-frame JPEG of segment ``gid`` (a global id), written by its encoder actor into the

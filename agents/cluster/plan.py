@@ -24,6 +24,7 @@ __all__ = [
     "StreamSpec",
     "assign_streams",
     "cap_shares",
+    "check_rebalance_every",
     "global_id",
     "local_id",
     "merge_hits",
@@ -92,8 +93,7 @@ class ClusterConfig:
             raise ConfigError("ratio must be in (0, 1]")
         if self.fps <= 0:
             raise ConfigError("fps must be > 0")
-        if not (math.isfinite(self.rebalance_every) and self.rebalance_every >= 0):
-            raise ConfigError("rebalance_every must be >= 0 seconds (0: rebalance only when asked)")
+        check_rebalance_every(self.rebalance_every)
 
     @property
     def namespace_key(self) -> str:
@@ -105,6 +105,14 @@ class ClusterConfig:
         """The Ray name prefix of this root's actors: ``<prefix>-coordinator``,
         ``<prefix>-encoder-<slot>``, ``<prefix>-answer``."""
         return f"streamvid-{self.namespace_key}"
+
+
+def check_rebalance_every(seconds: float) -> None:
+    """A rebalance period: finite seconds >= 0 (0: only when asked), else a one-line ConfigError."""
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+        raise ConfigError(
+            f"rebalance_every must be a finite number of seconds >= 0 (0: only when asked), got {seconds!r}"
+        )
 
 
 @dataclass(frozen=True)

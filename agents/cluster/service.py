@@ -108,9 +108,8 @@ class ClusterService:
     def start(self) -> ClusterService:
         """Ready for requests; events from now on are relayed (older ones stay in the coordinator)."""
         with self._events_lock:
-            found = self.cluster.events(0)
-            seqs = [e[0] for e in found["events"]]
-            self._events_after = (found["epoch"], max(seqs, default=0))
+            found = self.cluster.events(0, limit=0)
+            self._events_after = (found["epoch"], found["last"])
         self._stop.clear()
         if self.event_poll > 0 and self._poller is None:
             self._poller = threading.Thread(target=self._poll_loop, name="streamvid-cluster-events", daemon=True)
@@ -135,7 +134,11 @@ class ClusterService:
             epoch, after = self._events_after
             found = self.cluster.events(after)
             if found["epoch"] != epoch:
+                after = 0
                 found = self.cluster.events(0)
+            if found["events"] and found["events"][0][0] > after + 1:
+                log.warning("%d cluster events were dropped before they were relayed (poll more often)",
+                            found["events"][0][0] - after - 1)  # fmt: skip
             for seq, type_, data in found["events"]:
                 self.bus.publish(type_, data)
                 after = seq
