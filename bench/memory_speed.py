@@ -169,7 +169,11 @@ def bench_search(root: Path, count: int, queries: int = 1000, progress: Any = No
     """Search p50/p99 at ``count`` segments through the memory with its default index ("auto":
     HNSW past 20,000 keys) and with the exact Flat scan; recall@10 of the default against exact
     search, for queries drawn like the keys (:func:`embedding_keys`); RSS and index size at 10%
-    and 100%; beside it the same index on isotropic keys (:func:`unit_keys`), the worst case."""
+    and 100%; beside it the same index on isotropic keys (:func:`unit_keys`), the worst case.
+
+    No cap binds here (every segment stays live), so besides the index the writer holds the
+    CABA statistics of every segment (the live set; under a cap it holds those of the live
+    segments only, at most one per token of the cap); the RSS line gives both."""
     say = progress.log if progress is not None else (lambda *_: None)
     path = root / f"search-{count}"
     keys = embedding_keys(count, seed=1)
@@ -185,12 +189,14 @@ def bench_search(root: Path, count: int, queries: int = 1000, progress: Any = No
                 mem.wait_for_index()
                 mem._save_index()
                 rss["tenth"], rss["tenth_index_bytes"] = rss_mb(), _index_bytes(path)
+                rss["tenth_live"] = mem.stats().segments_live
             say(f"search bench: {a + len(segs)}/{count} segments added")
         added = time.perf_counter() - t0
         mem.wait_for_index()
         build = time.perf_counter() - t0
         mem._save_index()
         rss["full"], rss["full_index_bytes"] = rss_mb(), _index_bytes(path)
+        rss["full_live"] = mem.stats().segments_live
         default_factory = mem.index_factory
     q = embedding_keys(queries, seed=2)
     exact = exact_top(keys, q)  # ids are 0..count-1 in key order
@@ -381,10 +387,14 @@ def summary(report: dict[str, Any]) -> list[str]:
                 f"p50 {row['isotropic_p50_ms']:.3f} ms, recall@10 {row['isotropic_recall_at_10']:.4f}"
             )
         m = row["rss_mb"]
+        grew = (m["full_index_bytes"] - m["tenth_index_bytes"]) / 2**20
+        live = f"{m.get('tenth_live', '?')} -> {m.get('full_live', '?')}"
         lines.append(
-            f"RSS @ {row['segments'] // 10} -> {row['segments']} segments: {m['tenth']:.0f} -> {m['full']:.0f} MB; "
-            f"index files {m['tenth_index_bytes'] / 2**20:.1f} -> {m['full_index_bytes'] / 2**20:.1f} MiB; "
-            f"adds {row['add_seconds']:.1f} s, index ready {row['build_seconds']:.1f} s"
+            f"RSS @ {row['segments'] // 10} -> {row['segments']} segments: {m['tenth']:.0f} -> {m['full']:.0f} MB "
+            f"(+{m['full'] - m['tenth']:.0f}); index files {m['tenth_index_bytes'] / 2**20:.1f} -> "
+            f"{m['full_index_bytes'] / 2**20:.1f} MiB (+{grew:.0f}); live segments {live} "
+            f"(no cap binds); adds {row['add_seconds']:.1f} s, "
+            f"index ready {row['build_seconds']:.1f} s"
         )
     for row in report.get("index_only", []):
         for label in [k for k in ("embedding", "isotropic") if k in row]:
@@ -469,6 +479,10 @@ def markdown(result: dict[str, Any], images: str) -> str:
             "## Token memory",
             "",
             table(["segments", "index", "p50 ms", "p99 ms", "filtered p50 ms", "recall@10"], rows),
+            "",
+            "The writer's RSS as each searched memory grew (no cap binds: every segment is live):",
+            "",
+            *[f"- {line}" for line in summary(result) if line.startswith("RSS @")],
             "",
             f"Rebalance at {rb['segments']} segments: an add at the cap takes "
             f"{', '.join(f'{x:.3f}' for x in rb['add_at_cap_seconds'])} s; re-merging every segment "

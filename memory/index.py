@@ -24,6 +24,13 @@ HNSW = "IDMap2,HNSW32,Flat"
 # At 10^5 keys of 768 dims with the decaying spectrum of image embeddings it was 0.990 at 128 and
 # 0.994 at 256 (0.54 ms per query on 2 cores); keys of isotropic noise, the worst case, stay near 0.5.
 HNSW_EF_SEARCH = 256
+# efConstruction of the HNSW index (FAISS's default is 40). The memory builds its graph in batches
+# (the background migration adds 4096 keys at a time, then every add_many its own), which at 40
+# left recall@10 at 0.985-0.989 for 10^5 embedding-shaped keys; measured here at 10^5 keys added
+# 4096 at a time: 40 -> 0.9887, 80 -> 0.9988, 128 -> 0.9999 recall@10 at efSearch 256, for 16.5,
+# 17.6 and 24.4 s of build on 2 cores, with the same query time (0.7-0.9 ms). It is stored in the
+# index file; an older index gets it for the keys added from now on.
+HNSW_EF_CONSTRUCTION = 128
 # a filter that keeps at most this many segments is answered by an exact scan of just those
 # (a graph walk restricted to a few ids loses recall)
 EXACT_FILTER_MAX = 20_000
@@ -182,8 +189,9 @@ def exact_search(idmap, storage, queries: np.ndarray, k: int, selector) -> tuple
 
 
 def _tune(index) -> None:
-    """Search-time settings of a graph index (not stored in its file)."""
+    """The settings of a graph index: efSearch (not stored in its file) and efConstruction."""
     faiss = _faiss()
     inner = faiss.downcast_index(index.index) if hasattr(index, "index") else None
     if inner is not None and hasattr(inner, "hnsw"):
         inner.hnsw.efSearch = max(inner.hnsw.efSearch, HNSW_EF_SEARCH)
+        inner.hnsw.efConstruction = max(inner.hnsw.efConstruction, HNSW_EF_CONSTRUCTION)

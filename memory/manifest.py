@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +33,16 @@ import torch
 from streamvid.errors import ConfigError
 from streamvid.types import CompressedSegment
 
-__all__ = ["SCHEMA_VERSION", "LiveRow", "Manifest", "SegmentInfo", "SegmentRow", "SourceProgress", "time_filter"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "LiveRow",
+    "LiveTable",
+    "Manifest",
+    "SegmentInfo",
+    "SegmentRow",
+    "SourceProgress",
+    "time_filter",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -181,6 +190,18 @@ class LiveRow:
     tokens: int
     end: float
     stream: str
+
+
+class LiveTable(NamedTuple):
+    """The CABA statistics of many live segments, as columns (:meth:`Manifest.live_table`)."""
+
+    ids: list[int]
+    means: torch.Tensor  # fp32 [K, D]
+    lengths: list[int]  # frame counts
+    richness: list[float]
+    tokens: list[int]
+    ends: list[float]
+    streams: list[str]
 
 
 @dataclass(frozen=True)
@@ -380,15 +401,19 @@ class Manifest:
         """(id, start, end, stream) of every segment, for the search filters."""
         return self.conn.execute('SELECT id, start, "end", stream FROM segments').fetchall()
 
-    def live_rows(self) -> list[LiveRow]:
+    def live_table(self, dim: int) -> LiveTable:
+        """The CABA statistics of every live segment, in id order, as columns: the mean tokens in
+        one [K, dim] tensor (no tensor per row: a memory of 10^5 live segments would pass
+        through 10^5 small tensors, tens of MB of heap, on every open)."""
         rows = self.conn.execute(
             'SELECT id, mean_token, frame_count, richness, n_tokens, "end", stream FROM segments '
             "WHERE status = 'live' ORDER BY id"
         ).fetchall()
-        return [
-            LiveRow(r[0], torch.from_numpy(np.frombuffer(r[1], dtype=np.float32).copy()), r[2], r[3], r[4], r[5], r[6])
-            for r in rows
-        ]
+        if not rows:
+            return LiveTable([], torch.zeros(0, dim), [], [], [], [], [])
+        ids, means, lengths, richness, tokens, ends, streams = (list(c) for c in zip(*rows))
+        flat = np.frombuffer(b"".join(means), dtype=np.float32).reshape(len(rows), dim)
+        return LiveTable(ids, torch.from_numpy(flat.copy()), lengths, richness, tokens, ends, streams)
 
     def versions(self, ids: Sequence[int]) -> dict[int, tuple[str | None, int]]:
         """id -> (shard name, version)."""
@@ -407,6 +432,13 @@ class Manifest:
     def row(self, sid: int) -> SegmentRow:
         r = self.conn.execute("SELECT * FROM segments WHERE id = ?", (sid,)).fetchone()
         return SegmentRow(*r)
+
+    def rows(self, ids: Sequence[int]) -> dict[int, SegmentRow]:
+        """id -> whole row, in one query (unknown ids are left out)."""
+        if not ids:
+            return {}
+        found = self.conn.execute(f"SELECT * FROM segments WHERE id IN {_in(ids)}", list(ids))
+        return {r[0]: SegmentRow(*r) for r in found}
 
     def infos(self, ids: Sequence[int]) -> dict[int, SegmentInfo]:
         if not ids:

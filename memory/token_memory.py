@@ -20,6 +20,7 @@ repairs the index from the manifest (a reader repairs its in-memory index only).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
@@ -44,7 +45,7 @@ from memory.errors import (
 )
 from memory.index import FLAT, HNSW, KeyIndex
 from memory.lock import WriterLock
-from memory.manifest import LiveRow, Manifest, SegmentInfo, SegmentRow, SourceProgress, time_filter
+from memory.manifest import LiveRow, LiveTable, Manifest, SegmentInfo, SegmentRow, SourceProgress, time_filter
 from memory.quant import dequantize
 from memory.rebalance import plan_rebalance, recency_factors
 from memory.rwlock import RWLock
@@ -162,21 +163,31 @@ class _LiveSet:
         return self._means[: len(self.ids)]
 
     def append_many(self, rows: Sequence[LiveRow]) -> None:
-        if not rows:
+        if rows:
+            self.extend(
+                LiveTable(
+                    [r.id for r in rows], torch.stack([r.mean_token for r in rows]), [r.frame_count for r in rows],
+                    [r.richness for r in rows], [r.tokens for r in rows], [r.end for r in rows],
+                    [r.stream for r in rows],
+                )
+            )  # fmt: skip
+
+    def extend(self, table: LiveTable) -> None:
+        """Append the rows of ``table`` (ids after the ones held)."""
+        k, need = len(self.ids), len(self.ids) + len(table.ids)
+        if need == k:
             return
-        k, need = len(self.ids), len(self.ids) + len(rows)
         if need > self._means.shape[0]:
             grown = torch.zeros(max(need, 2 * self._means.shape[0]), self._means.shape[1])
             grown[:k] = self._means[:k]
             self._means = grown
-        self._means[k:need] = torch.stack([r.mean_token for r in rows])
-        for r in rows:
-            self.ids.append(r.id)
-            self.lengths.append(r.frame_count)
-            self.richness.append(r.richness)
-            self.tokens.append(r.tokens)
-            self.ends.append(r.end)
-            self.streams.append(r.stream)
+        self._means[k:need] = table.means
+        self.ids += table.ids
+        self.lengths += table.lengths
+        self.richness += table.richness
+        self.tokens += table.tokens
+        self.ends += table.ends
+        self.streams += table.streams
 
     def keep(self, mask: list[bool]) -> None:
         kept = self.means[torch.tensor(mask, dtype=torch.bool)]
@@ -571,6 +582,7 @@ class TokenMemory:
                     old = self._index_path()
                     self._index, self._factory = index, HNSW
                 old.unlink(missing_ok=True)
+            trim_heap()  # the Flat index just dropped
             log.info("%s: switched the key index to %s at %d keys", self.root, HNSW, index.ntotal)
         except Exception:  # the Flat index keeps serving; the next add tries again
             log.exception("%s: background index build failed", self.root)
@@ -611,10 +623,11 @@ class TokenMemory:
         if self.dim is None:
             return
         self._live = _LiveSet(self.dim)
-        self._live.append_many(self.manifest.live_rows())
+        self._live.extend(self.manifest.live_table(self.dim))
         self._global_sum = torch.from_numpy(np.frombuffer(self.manifest.meta("global_sum"), dtype=np.float64).copy())
         self._global_len = float(self.manifest.meta("global_len"))
         self._open_index()
+        trim_heap()  # what opening read in passing (rows, the index file) goes back to the OS
 
     def _new_index(self, factory: str | None = None) -> KeyIndex:
         assert self.key_dim is not None
@@ -709,9 +722,7 @@ class TokenMemory:
         one by one, so the cap holds after every segment as always. ``keys``: [n, d].
         """
         self._check_writable()
-        keys_np = np.asarray(
-            keys.detach().cpu().float() if isinstance(keys, torch.Tensor) else keys, dtype=np.float32
-        )
+        keys_np = np.asarray(keys.detach().cpu().float() if isinstance(keys, torch.Tensor) else keys, dtype=np.float32)
         if keys_np.ndim != 2 or keys_np.shape[0] != len(segments):
             raise ShapeError(
                 f"add_many needs one key per segment: {len(segments)} segments, keys {list(keys_np.shape)}"
@@ -1010,11 +1021,14 @@ class TokenMemory:
 
     # -- reading -------------------------------------------------------------------
 
-    def _load(self, sid: int, shard: str, device: torch.device | str | None = None) -> CompressedSegment:
+    def _load(
+        self, sid: int, shard: str, device: torch.device | str | None = None, row: SegmentRow | None = None
+    ) -> CompressedSegment:
         """Segment ``sid`` from ``shard``: tokens dequantized to float16 on ``device`` (default CPU).
         Recently read shards come from a small LRU (``cache_segments``), keyed by shard name, which
-        names one version of one segment, so an entry is never stale."""
-        row = self.manifest.row(sid)
+        names one version of one segment, so an entry is never stale. ``row``: its manifest row,
+        when the caller has read it already."""
+        row = row if row is not None else self.manifest.row(sid)
         t = self._cache_get(shard)
         if t is None:
             t = self.shards.read(sid, shard)
@@ -1066,26 +1080,28 @@ class TokenMemory:
         if not ids:
             return []
         with self._lock.read():
-            states = self.manifest.states(ids)
-            unknown = [i for i in ids if i not in states]
+            rows = self.manifest.rows(ids)  # one query for all
+            unknown = [i for i in ids if i not in rows]
             if unknown:
                 raise UnknownSegmentError(f"no segment with id(s) {unknown} in {self.root}")
-            evicted = [i for i in ids if states[i][0] == "evicted"]
+            evicted = [i for i in ids if rows[i].status == "evicted"]
             if evicted:
-                spans = ", ".join(f"{states[i][2]:.1f}-{states[i][3]:.1f} s" for i in evicted)
+                spans = ", ".join(f"{rows[i].start:.1f}-{rows[i].end:.1f} s" for i in evicted)
                 raise SegmentEvictedError(
                     f"segment(s) {evicted} ({spans}) were evicted under the memory cap; nothing was "
                     "retained for that time. Raise the cap to keep more",
                     evicted,
                 )
-            return [self._load_fresh(i, states[i][1], device) for i in ids]
+            return [self._load_fresh(i, rows[i].shard, device, rows[i]) for i in ids]
 
-    def _load_fresh(self, sid: int, shard: str, device: torch.device | str | None = None) -> CompressedSegment:
+    def _load_fresh(
+        self, sid: int, shard: str, device: torch.device | str | None = None, row: SegmentRow | None = None
+    ) -> CompressedSegment:
         """Load a segment; a reader racing the writer in another process may find that the
         writer has just replaced the shard it was told of: it then follows the manifest."""
-        for _ in range(3):
+        for attempt in range(3):
             try:
-                return self._load(sid, shard, device)
+                return self._load(sid, shard, device, row if attempt == 0 else None)
             except CorruptShardError:
                 if not self.read_only:
                     raise
@@ -1242,6 +1258,28 @@ class TokenMemory:
 def row_dim(tensors: dict[str, torch.Tensor], dim: int | None) -> int:
     """The token width of a shard: the memory's width (int4 shards are padded to whole groups)."""
     return int(tensors["tokens"].shape[1]) if dim is None else dim
+
+
+def trim_heap() -> bool:
+    """Hand the heap pages freed so far back to the operating system (glibc's ``malloc_trim``).
+
+    glibc keeps freed memory for later allocations, so a process that once held something large
+    (the rows read while opening a memory, the Flat index dropped when the HNSW index is swapped
+    in) would keep that RSS for good. Called after such one-off work, so a long-running process's
+    RSS follows what it holds. -> whether it ran (False where the C library has no malloc_trim)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM is False:
+        return False
+    _MALLOC_TRIM(0)
+    return True
+
+
+_MALLOC_TRIM: Any = None
 
 
 def _live_row(sid: int, seg: CompressedSegment, tokens: int) -> LiveRow:

@@ -356,3 +356,52 @@ def test_single_query_graph_search_leaves_the_thread_count_as_it_was():
         t.join()
     assert faiss.omp_get_max_threads() == before
     assert np.array_equal(np.stack([results[i] for i in range(64)]), batched)
+
+
+def test_a_graph_built_in_batches_keeps_recall_against_exact_search(tmp_path):
+    """The graph is built the way the memory builds it (batches of keys; here 8 x 500), with the
+    memory's construction and search settings, which are also given to an index loaded from a
+    file written with FAISS's defaults. Recall@10 against exact search on clustered keys."""
+    import faiss
+
+    from memory.index import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, KeyIndex
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(16, 32))
+    keys = centres[rng.integers(0, 16, 4000)] + 0.6 * rng.normal(size=(4000, 32))
+    keys = (keys / np.linalg.norm(keys, axis=1, keepdims=True)).astype(np.float32)
+    queries = keys[rng.choice(4000, 200, replace=False)] + 0.05 * rng.normal(size=(200, 32)).astype(np.float32)
+    index = KeyIndex(32, HNSW, use_gpu=False)
+    graph = faiss.downcast_index(index.index.index).hnsw
+    assert (graph.efConstruction, graph.efSearch) == (HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH)
+    for a in range(0, 4000, 500):
+        index.add(keys[a : a + 500], np.arange(a, a + 500))
+    exact = np.argsort(-(queries @ keys.T), axis=1)[:, :10]
+    found = index.search(queries, 10)[1]
+    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found.tolist(), exact.tolist())])
+    assert recall >= 0.99
+
+    plain = faiss.index_factory(32, HNSW, faiss.METRIC_INNER_PRODUCT)  # FAISS's own defaults (40, 16)
+    plain.add_with_ids(keys[:100], np.arange(100, dtype=np.int64))
+    faiss.write_index(plain, str(tmp_path / "old.faiss"))
+    loaded = KeyIndex.load(tmp_path / "old.faiss", 32, HNSW, "ip", use_gpu=False)
+    graph = faiss.downcast_index(loaded.index.index).hnsw
+    assert (graph.efConstruction, graph.efSearch) == (HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH)
+
+
+def test_the_live_table_read_at_open_equals_the_rows_one_by_one(tmp_path):
+    """The columns the writer keeps for CABA (read in one query at open, no tensor per row) equal
+    each live row of the manifest read alone; evicted segments are not in them."""
+    with TokenMemory(tmp_path / "m", cap_tokens=8) as mem:
+        for i in range(12):
+            mem.add(make_segment(6, seed=i, start=4.0 * i, stream=f"s{i % 2}"), key(i))
+        table = mem.manifest.live_table(mem.dim)
+        live = [r for r in (mem.manifest.row(int(i)) for i in mem.manifest.ids()) if r.status == "live"]
+        assert 0 < len(live) < 12  # the cap evicted some
+        assert table.ids == [r.id for r in live]
+        assert table.lengths == [r.frame_count for r in live] and table.richness == [r.richness for r in live]
+        assert table.tokens == [r.n_tokens for r in live] and table.ends == [r.end for r in live]
+        assert table.streams == [r.stream for r in live]
+        means = torch.stack([torch.from_numpy(np.frombuffer(r.mean_token, dtype=np.float32).copy()) for r in live])
+        assert torch.equal(table.means, means)
+        assert mem.manifest.live_table(mem.dim).means.shape == (len(live), mem.dim)

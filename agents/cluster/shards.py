@@ -186,16 +186,15 @@ def summarize_shard(shard: ShardRef) -> ShardSummary:
     empty = torch.zeros(0)
     if reader is None or reader.dim is None:
         return ShardSummary(shard.stream, torch.zeros(0, 1), empty.long(), empty.double(), empty.long(), None, 0.0)
-    rows = reader.manifest.live_rows()
-    dim = reader.dim
+    live = reader.manifest.live_table(reader.dim)
     raw_sum, raw_len = reader.manifest.meta("global_sum"), reader.manifest.meta("global_len")
     global_sum = None if raw_sum is None else torch.from_numpy(np.frombuffer(raw_sum, dtype=np.float64).copy())
     return ShardSummary(
         stream=shard.stream,
-        means=torch.stack([r.mean_token.float() for r in rows]) if rows else torch.zeros(0, dim),
-        lengths=torch.tensor([r.frame_count for r in rows], dtype=torch.long),
-        richness=torch.tensor([r.richness for r in rows], dtype=torch.float64),
-        tokens=torch.tensor([r.tokens for r in rows], dtype=torch.long),
+        means=live.means,
+        lengths=torch.tensor(live.lengths, dtype=torch.long),
+        richness=torch.tensor(live.richness, dtype=torch.float64),
+        tokens=torch.tensor(live.tokens, dtype=torch.long),
         global_sum=global_sum,
         global_len=float(raw_len or 0.0),
     )
