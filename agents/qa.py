@@ -194,15 +194,14 @@ def _spread(order: list[int], starts: Sequence[float], count: int) -> list[int]:
     top = order[: count // 2]
     others = sorted(order[count // 2 :], key=lambda i: (starts[i], i))  # time order
     need = count - len(top)
-    at = torch.tensor([float(starts[i]) for i in others], dtype=torch.float64)
-    lo, hi = float(at[0]), float(at[-1])
-    free = torch.ones(len(others), dtype=torch.bool)
+    at = [float(starts[i]) for i in others]  # a few dozen: plain floats beat tensor calls here
+    lo, hi = at[0], at[-1]
+    free = list(range(len(others)))  # positions not picked yet, in time order
     picked = []
     for j in range(need):
         target = lo + (j + 0.5) * (hi - lo) / need
-        dist = torch.where(free, (at - target).abs(), torch.inf)
-        best = int(torch.argmin(dist))  # the earliest on ties
-        free[best] = False
+        best = min(free, key=lambda k: abs(at[k] - target))  # the earliest on ties
+        free.remove(best)
         picked.append(others[best])
     return top + sorted(picked, key=lambda i: (starts[i], i))
 

@@ -1018,6 +1018,7 @@ class TokenMemory:
             with self._lock.read():
                 self._index.save(self._index_path())
         self._adds_since_save = 0
+        trim_heap()  # every index_save_every adds: what the adds freed (rows, shards) goes back
 
     # -- reading -------------------------------------------------------------------
 

@@ -293,9 +293,22 @@ class VideoLLM(ABC):
 
     def prompt_parts(self, question: str, history: Sequence[tuple[str, str]] = ()) -> tuple[list[int], list[int]]:
         """Token ids before and after the video for a chat turn (the checkpoint's chat template,
-        ChatML when it has none). ``history``: earlier (question, answer) turns."""
+        ChatML when it has none). ``history``: earlier (question, answer) turns.
+
+        Memoised per adapter for the last few prompts: a question measures its prompt before it
+        builds it, and rendering the template and tokenizing costs more than the lookup."""
         if not isinstance(question, str) or not question.strip():
             raise ConfigError("the question is empty; ask something")
+        memo_key = (question, tuple(tuple(turn) for turn in history))
+        cache = self.__dict__.setdefault("_prompt_cache", {})
+        if memo_key not in cache:
+            if len(cache) >= 64:
+                cache.clear()
+            cache[memo_key] = self._prompt_parts(question, history)
+        before, after = cache[memo_key]
+        return list(before), list(after)
+
+    def _prompt_parts(self, question: str, history: Sequence[tuple[str, str]]) -> tuple[list[int], list[int]]:
         messages: list[dict[str, str]] = []
         for q, a in history:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
