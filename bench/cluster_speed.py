@@ -125,13 +125,16 @@ def measure_fan_out(
     root: Path,
     shards: Sequence[int] = (1, 4, 16),
     segments: int = 200,
-    queries: int = 10,
+    queries: int = 20,
     k: int = 8,
     dim: int = 64,
     key_dim: int = 32,
     cpus: float = 0.25,
+    warmup: int = 3,
 ) -> list[dict[str, Any]]:
-    """A question's read side (facts + search + merge) over N shards: Ray tasks vs in-process."""
+    """A question's read side (facts + search + merge) over N shards: Ray tasks vs in-process,
+    after ``warmup`` untimed questions (which start Ray's worker processes and open the shard
+    readers in them: seconds each on a small machine, a cost paid once, not per question)."""
     from agents.cluster.actors import ray_fan_out
     from agents.cluster.shards import ShardedMemory, local_fan_out
 
@@ -142,14 +145,14 @@ def measure_fan_out(
         row: dict[str, Any] = {"shards": n, "segments": n * segments}
         for label, fan in (("ray", lambda fn, calls: ray_fan_out(fn, calls, cpus=cpus)), ("local", local_fan_out)):
             times = []
-            for q in range(queries + 1):  # the first one opens the readers: not counted
+            for q in range(queries + warmup):  # the first ones start Ray's workers and open the readers
                 query = torch.randn(key_dim, generator=gen)
                 t0 = time.perf_counter()
                 memory = ShardedMemory(refs, fan)
                 (hits,) = memory.search(query / query.norm(), k=k)
                 elapsed = time.perf_counter() - t0
                 assert len(hits) == min(k, n * segments) and not memory.unavailable
-                if q:
+                if q >= warmup:
                     times.append(elapsed)
             row[f"{label}_p50_ms"] = 1e3 * statistics.median(times)
             row[f"{label}_p95_ms"] = 1e3 * _pct(times, 0.95)
@@ -163,7 +166,7 @@ def run(
     streams: int = 4,
     shards: Sequence[int] = (1, 4, 16),
     segments: int = 200,
-    queries: int = 10,
+    queries: int = 20,
     model: str | None = None,
     device: str = "cpu",
     gpus_per_encoder: float = 0.0,

@@ -168,7 +168,7 @@ def cluster(
     ] = 200,
     queries: Annotated[
         int, typer.Option(help="timed questions per shard count (>= 1)", callback=CHECKS["positive_int"])
-    ] = 10,
+    ] = 20,
     model: Annotated[
         str | None, typer.Option(help="checkpoint directory for the encoder actors (default: a tiny random one)")
     ] = None,
