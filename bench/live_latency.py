@@ -882,7 +882,9 @@ def markdown(result: dict[str, Any], images: str) -> str:
         "Target on the shaped tower: >= 1.5x at 4 streams.",
         "",
         f"Time to first token (one generated token), 1% cap, segments at the steady-state grain, torch threads "
-        f"{q['torch_threads']}, median of {q['questions']} rounds:",
+        f"{q['torch_threads']} (the tiny LM)"
+        + (f" and {result['questions_lm']['torch_threads']} (the shaped LM)" if "questions_lm" in result else "")
+        + f", median of {q['questions']} rounds:",
         "",
         "| LM | budget | memory | segments | tokens held | TTFT | retrieve | plan | fetch | re-merge | prefill "
         "| prompt tokens | segments shown | budget use |",
